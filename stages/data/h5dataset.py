@@ -1,0 +1,201 @@
+"""`dataset.h5`: studies (ids, split, reports, token ids) and their images on one square grid.
+
+Layout
+  /studies/{id, split, report, clean}   (n,) strings
+  /studies/{token_ids (n, L), token_len (n,), image_start (n,), image_count (n,)}
+  /images/pixels (m, S, S) uint8, chunked one image per chunk
+  /images/{study (m,), view (m,), path (m,), orig_shape (m, 2)}
+  /bad/{path, reason}   files that could not be decoded and were skipped
+
+Images are decoded by worker processes and written by this process alone, in study order, so a
+run holds at most a few chunks in memory and an interrupted run resumes from its last chunk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+from joblib import Parallel, delayed
+from tqdm import tqdm
+
+from stages.core.errors import StageError
+from stages.data.images import ImageError, load_xray
+from stages.data.records import StudyRecord
+
+STR = h5py.string_dtype()
+
+
+def _decode_chunk(paths: list[str], size: int) -> list[tuple[np.ndarray | None, tuple[int, int] | None, str | None]]:
+    results = []
+    for path in paths:
+        try:
+            pixels, original = load_xray(Path(path), size)
+            results.append((pixels, original, None))
+        except ImageError as error:
+            results.append((None, None, error.reason))
+    return results
+
+
+def _append(dataset: h5py.Dataset, values: np.ndarray | list) -> None:
+    values = np.asarray(values, dtype=object if dataset.dtype == STR else dataset.dtype)
+    start = dataset.shape[0]
+    dataset.resize(start + len(values), axis=0)
+    dataset[start:] = values
+
+
+@dataclass
+class ImagePlan:
+    """Every candidate image in study order; its fingerprint decides whether a partial run resumes."""
+
+    study: np.ndarray
+    view: list[str]
+    path: list[str]
+
+    @classmethod
+    def from_records(cls, records: list[StudyRecord]) -> "ImagePlan":
+        study, view, path = [], [], []
+        for i, record in enumerate(records):
+            for j, image in enumerate(record.images):
+                study.append(i)
+                view.append(record.views[j] if j < len(record.views) else "")
+                path.append(str(image))
+        return cls(np.asarray(study, dtype=np.int64), view, path)
+
+    def fingerprint(self, options: dict) -> str:
+        digest = hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode())
+        for p in self.path:
+            digest.update(p.encode() + b"\0")
+        return digest.hexdigest()
+
+
+def _open_partial(path: Path, key: str, size: int) -> h5py.File:
+    if path.exists():
+        try:
+            handle = h5py.File(path, "a")
+            if handle.attrs.get("resume_key") == key:
+                return handle
+            handle.close()
+        except OSError:
+            pass  # an unreadable partial file is simply started over
+        path.unlink()
+    handle = h5py.File(path, "w")
+    handle.attrs["resume_key"] = key
+    handle.attrs["n_done"] = 0
+    images = handle.create_group("images")
+    images.create_dataset("pixels", (0, size, size), np.uint8, maxshape=(None, size, size), chunks=(1, size, size))
+    images.create_dataset("candidate", (0,), np.int64, maxshape=(None,), chunks=(4096,))
+    images.create_dataset("orig_shape", (0, 2), np.int32, maxshape=(None, 2), chunks=(4096, 2))
+    bad = handle.create_group("bad")
+    bad.create_dataset("path", (0,), STR, maxshape=(None,))
+    bad.create_dataset("reason", (0,), STR, maxshape=(None,))
+    return handle
+
+
+def write_images(partial: Path, plan: ImagePlan, *, size: int, workers: int, chunk: int, strict: bool,
+                 key: str) -> h5py.File:
+    """Decode every planned image into `partial`, resuming a run that was cut short."""
+    handle = _open_partial(partial, key, size)
+    done = int(handle.attrs["n_done"])
+    if done:
+        tqdm.write(f"resuming {partial.name}: {done} of {len(plan.path)} images already written")
+    starts = range(done, len(plan.path), chunk)
+    jobs = (delayed(_decode_chunk)(plan.path[s:s + chunk], size) for s in starts)
+    bar = tqdm(total=len(plan.path), initial=done, desc="images", unit="img")
+    try:
+        for start, results in zip(starts, Parallel(n_jobs=workers, return_as="generator")(jobs)):
+            ok = [(start + k, pixels, original) for k, (pixels, original, _) in enumerate(results) if pixels is not None]
+            bad = [(plan.path[start + k], reason) for k, (_, _, reason) in enumerate(results) if reason is not None]
+            if strict and bad:
+                raise StageError(f"{bad[0][0]}: {bad[0][1]} (--strict stops at the first bad image; "
+                                 "fix or remove the file, or run without --strict to skip bad images)")
+            if ok:
+                _append(handle["images/candidate"], [c for c, _, _ in ok])
+                _append(handle["images/orig_shape"], [o for _, _, o in ok])
+                _append(handle["images/pixels"], np.stack([p for _, p, _ in ok]))
+            for path, reason in bad:
+                tqdm.write(f"skipped {path}: {reason}")
+            if bad:
+                _append(handle["bad/path"], [p for p, _ in bad])
+                _append(handle["bad/reason"], [r for _, r in bad])
+            handle.attrs["n_done"] = start + len(results)
+            handle.flush()
+            bar.update(len(results))
+    except BaseException:
+        handle.close()
+        raise
+    finally:
+        bar.close()
+    return handle
+
+
+def write_studies(handle: h5py.File, records: list[StudyRecord], plan: ImagePlan, cleaned: list[str],
+                  token_ids: np.ndarray, token_len: np.ndarray) -> list[str]:
+    """Write the study table for studies with at least one decoded image; return ids left out."""
+    candidate = handle["images/candidate"][:]
+    image_study = plan.study[candidate]
+    counts = np.bincount(image_study, minlength=len(records))
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    keep = np.flatnonzero(counts > 0)
+    remap = np.full(len(records), -1, dtype=np.int64)
+    remap[keep] = np.arange(len(keep))
+    images = handle["images"]
+    images.create_dataset("study", data=remap[image_study])
+    images.create_dataset("view", data=np.asarray([plan.view[c] for c in candidate], dtype=object), dtype=STR)
+    images.create_dataset("path", data=np.asarray([plan.path[c] for c in candidate], dtype=object), dtype=STR)
+    studies = handle.create_group("studies")
+    for name, values in (("id", [r.id for r in records]), ("split", [r.split for r in records]),
+                         ("report", [r.report for r in records]), ("clean", cleaned)):
+        studies.create_dataset(name, data=np.asarray([values[i] for i in keep], dtype=object), dtype=STR)
+    studies.create_dataset("token_ids", data=token_ids[keep], compression="gzip")
+    studies.create_dataset("token_len", data=token_len[keep])
+    studies.create_dataset("image_start", data=starts[keep])
+    studies.create_dataset("image_count", data=counts[keep])
+    del handle.attrs["n_done"], handle.attrs["resume_key"]
+    return [records[i].id for i in np.flatnonzero(counts == 0)]
+
+
+class DatasetFile:
+    """Read access to dataset.h5 for later stages: study table in memory, images on demand."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        try:
+            self._h5 = h5py.File(self.path, "r")
+            studies = self._h5["studies"]
+            self.ids = studies["id"].asstr()[:].tolist()
+            self.splits = np.asarray(studies["split"].asstr()[:])
+            self.reports = studies["clean"].asstr()[:].tolist()
+            self.token_ids = studies["token_ids"][:]
+            self.token_len = studies["token_len"][:]
+            self.image_start = studies["image_start"][:]
+            self.image_count = studies["image_count"][:]
+        except (OSError, KeyError) as error:
+            raise StageError(f"{self.path} is not a readable dataset.h5 ({error}); rebuild it with "
+                             "rrg-stage preprocess --force") from None
+        self.pixels = self._h5["images/pixels"]
+        self.image_size = int(self.pixels.shape[-1])
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def split_indices(self, split: str) -> np.ndarray:
+        return np.flatnonzero(self.splits == split)
+
+    def images(self, study: int) -> np.ndarray:
+        """(views, S, S) uint8 images of one study."""
+        start = int(self.image_start[study])
+        return self.pixels[start:start + int(self.image_count[study])]
+
+    def close(self) -> None:
+        self._h5.close()
+
+    def __enter__(self) -> "DatasetFile":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,1 @@
+"""Report labelling: the 14 CheXpert observations, rule-based and CheXbert labelers."""

@@ -1,0 +1,1 @@
+"""Report text: R2Gen-compatible cleaning and the word vocabulary."""

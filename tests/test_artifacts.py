@@ -1,0 +1,93 @@
+"""Atomic writes, manifests and the checks that keep missing, stale or foreign inputs out."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from stages.core import artifacts
+from stages.core.errors import StageError
+
+
+def _artifact(path, text, dataset="demo", inputs=None, options=None):
+    with artifacts.atomic_output(path) as tmp:
+        tmp.write_text(text)
+    artifacts.write_manifest(path, stage="test", dataset=dataset, options=options or {}, inputs=inputs or {},
+                             counts={"rows": 1}, started=0.0)
+    return path
+
+
+def test_atomic_output_leaves_nothing_when_the_block_fails(tmp_path):
+    target = tmp_path / "labels.h5"
+    with pytest.raises(RuntimeError):
+        with artifacts.atomic_output(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("crash mid-stage")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_replacing_an_artifact_drops_its_old_manifest_first(tmp_path):
+    target = _artifact(tmp_path / "a.h5", "v1")
+    with pytest.raises(RuntimeError):
+        with artifacts.atomic_output(target) as tmp:
+            tmp.write_text("v2")
+            raise RuntimeError
+    assert target.read_text() == "v1" and artifacts.read_manifest(target) is not None
+    with artifacts.atomic_output(target) as tmp:
+        tmp.write_text("v2")
+    assert target.read_text() == "v2" and artifacts.read_manifest(target) is None
+
+
+def test_manifest_records_checksums_options_and_inputs(tmp_path):
+    upstream = _artifact(tmp_path / "dataset.h5", "data")
+    down = _artifact(tmp_path / "labels.h5", "labels", inputs={"dataset": upstream}, options={"k": 14})
+    manifest = json.loads((tmp_path / "labels.h5.meta.json").read_text())
+    assert manifest["options"] == {"k": 14}
+    assert manifest["inputs"]["dataset"]["sha256"] == artifacts.checksum(upstream)
+    assert manifest["sha256"] == artifacts.checksum(down)
+    assert {"stage", "dataset", "counts", "package_version", "created", "duration_s", "command"} <= set(manifest)
+
+
+def test_missing_input_names_the_command_that_builds_it(tmp_path):
+    with pytest.raises(StageError, match=r"dataset.h5 is missing; build it with: rrg-stage preprocess --dataset demo"):
+        artifacts.check_input(tmp_path / "dataset.h5", "demo")
+
+
+def test_input_without_manifest_is_refused(tmp_path):
+    (tmp_path / "dataset.h5").write_text("written by hand")
+    with pytest.raises(StageError, match="no readable manifest"):
+        artifacts.check_input(tmp_path / "dataset.h5", "demo")
+
+
+def test_input_of_another_dataset_is_refused(tmp_path):
+    path = _artifact(tmp_path / "dataset.h5", "x", dataset="iu_xray")
+    with pytest.raises(StageError, match="built for dataset 'iu_xray', not 'demo'"):
+        artifacts.check_input(path, "demo")
+
+
+def test_input_changed_after_its_manifest_is_refused(tmp_path):
+    path = _artifact(tmp_path / "dataset.h5", "x")
+    path.write_text("something else")
+    with pytest.raises(StageError, match="changed after its manifest"):
+        artifacts.check_input(path, "demo")
+
+
+def test_stale_input_is_refused_and_rebuilding_upstream_invalidates_downstream(tmp_path):
+    upstream = _artifact(tmp_path / "dataset.h5", "v1")
+    labels = _artifact(tmp_path / "labels.h5", "labels", inputs={"dataset": upstream}, options={"a": 1})
+    assert artifacts.check_input(labels, "demo")["stage"] == "test"
+    assert artifacts.is_up_to_date(labels, {"a": 1}, {"dataset": upstream})
+    assert not artifacts.is_up_to_date(labels, {"a": 2}, {"dataset": upstream})
+    _artifact(upstream, "v2")
+    assert not artifacts.is_up_to_date(labels, {"a": 1}, {"dataset": upstream})
+    with pytest.raises(StageError, match="labels.h5 is stale: its input dataset"):
+        artifacts.check_input(labels, "demo")
+
+
+def test_directory_checksum_follows_content(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a").write_text("1")
+    before = artifacts.checksum(tmp_path / "d")
+    (tmp_path / "d" / "a").write_text("2")
+    assert artifacts.checksum(tmp_path / "d") != before
