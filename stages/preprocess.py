@@ -8,9 +8,10 @@ from pathlib import Path
 
 import click
 
-from stages.core.artifacts import atomic_output, write_json_atomic
+from stages.core.artifacts import atomic_output
 from stages.core.config import resolve
 from stages.core.errors import StageError
+from stages.core.resumable import commit
 from stages.core.stage import StageContext, stage_options
 from stages.data.h5dataset import ImagePlan, write_images, write_studies
 from stages.data.mimic import read_mimic
@@ -75,7 +76,7 @@ def check_records(records: list[StudyRecord], clean_style: str, strict: bool) ->
 @click.option("--clean-style", type=click.Choice(["iu", "mimic"]), help="R2Gen cleaning variant.")
 @click.option("--workers", type=int, default=min(4, os.cpu_count() or 1), show_default=True,
               help="Image-decoding worker processes.")
-@click.option("--chunk", type=int, default=64, show_default=True, help="Images per worker task.")
+@click.option("--chunk", type=int, default=16, show_default=True, help="Images per worker task.")
 @click.option("--strict", is_flag=True, help="Fail on the first bad image or empty report instead of skipping it.")
 def command(ctx: StageContext, root: Path | None, layout: str | None, annotation: Path | None,
             split_file: Path | None, reports: Path | None, image_size: int | None, min_count: int | None,
@@ -110,18 +111,13 @@ def command(ctx: StageContext, root: Path | None, layout: str | None, annotation
 
     plan = ImagePlan.from_records(records)
     click.echo(f"[preprocess] {len(records)} studies, {len(plan.path)} images, vocabulary {len(vocab) - 1} tokens")
-    partial = dataset_h5.with_name(dataset_h5.name + ".partial")
-    ctx.dir.mkdir(parents=True, exist_ok=True)
-    handle = write_images(partial, plan, size=options["image_size"], workers=workers, chunk=chunk,
+    handle = write_images(dataset_h5, plan, size=options["image_size"], workers=workers, chunk=chunk,
                           strict=strict, key=plan.fingerprint(options))
-    with handle:
-        dropped = write_studies(handle, records, plan, cleaned, token_ids, token_len)
-        bad = list(zip(handle["bad/path"].asstr()[:], handle["bad/reason"].asstr()[:]))
-        splits = handle["studies/split"].asstr()[:].tolist()
-        n_images = handle["images/pixels"].shape[0]
-        handle.attrs["options"] = str(options)
-    with atomic_output(dataset_h5) as tmp:
-        os.replace(partial, tmp)
+    dropped = write_studies(handle, records, plan, cleaned, token_ids, token_len)
+    bad = list(zip(handle["bad/path"].asstr()[:], handle["bad/reason"].asstr()[:]))
+    splits = handle["studies/split"].asstr()[:].tolist()
+    n_images = handle["images/pixels"].shape[0]
+    commit(handle, dataset_h5)
     with atomic_output(vocab_json) as tmp:
         tmp.write_text(vocab.to_json())
 

@@ -103,7 +103,7 @@ def test_missing_root_and_bad_annotation(tmp_path):
 
 
 def test_interrupted_run_resumes_and_matches_a_clean_run(r2gen_root, tmp_path, monkeypatch):
-    decode = h5dataset._decode_chunk
+    decode = h5dataset.decode_many
     calls = []
 
     def interrupted(paths, size):
@@ -112,16 +112,16 @@ def test_interrupted_run_resumes_and_matches_a_clean_run(r2gen_root, tmp_path, m
             raise KeyboardInterrupt
         return decode(paths, size)
 
-    monkeypatch.setattr(h5dataset, "_decode_chunk", interrupted)
+    monkeypatch.setattr(h5dataset, "decode_many", interrupted)
     interrupted_run = run(r2gen_root, tmp_path / "art")
     assert interrupted_run.exit_code == 1 and "Aborted" in interrupted_run.output
     out = tmp_path / "art" / "demo"
     assert not (out / "dataset.h5").exists() and (out / "dataset.h5.partial").exists()
     with h5py.File(out / "dataset.h5.partial") as partial:
         assert partial.attrs["n_done"] == 8
-    monkeypatch.setattr(h5dataset, "_decode_chunk", decode)
+    monkeypatch.setattr(h5dataset, "decode_many", decode)
     resumed = run(r2gen_root, tmp_path / "art")
-    assert "resuming dataset.h5.partial: 8 of 16 images already written" in resumed.output
+    assert "resuming dataset.h5.partial: 8 items already written" in resumed.output
     run(r2gen_root, tmp_path / "clean")
     with h5py.File(out / "dataset.h5") as a, h5py.File(tmp_path / "clean" / "demo" / "dataset.h5") as b:
         assert np.array_equal(a["images/pixels"][:], b["images/pixels"][:])

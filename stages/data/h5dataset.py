@@ -24,29 +24,9 @@ from joblib import Parallel, delayed
 from tqdm import tqdm
 
 from stages.core.errors import StageError
-from stages.data.images import ImageError, load_xray
+from stages.core.resumable import STR, append, growable, mark_done, open_partial
+from stages.data.images import decode_many
 from stages.data.records import StudyRecord
-
-STR = h5py.string_dtype()
-
-
-def _decode_chunk(paths: list[str], size: int) -> list[tuple[np.ndarray | None, tuple[int, int] | None, str | None]]:
-    results = []
-    for path in paths:
-        try:
-            pixels, original = load_xray(Path(path), size)
-            results.append((pixels, original, None))
-        except ImageError as error:
-            results.append((None, None, error.reason))
-    return results
-
-
-def _append(dataset: h5py.Dataset, values: np.ndarray | list) -> None:
-    values = np.asarray(values, dtype=object if dataset.dtype == STR else dataset.dtype)
-    start = dataset.shape[0]
-    dataset.resize(start + len(values), axis=0)
-    dataset[start:] = values
-
 
 @dataclass
 class ImagePlan:
@@ -73,38 +53,23 @@ class ImagePlan:
         return digest.hexdigest()
 
 
-def _open_partial(path: Path, key: str, size: int) -> h5py.File:
-    if path.exists():
-        try:
-            handle = h5py.File(path, "a")
-            if handle.attrs.get("resume_key") == key:
-                return handle
-            handle.close()
-        except OSError:
-            pass  # an unreadable partial file is simply started over
-        path.unlink()
-    handle = h5py.File(path, "w")
-    handle.attrs["resume_key"] = key
-    handle.attrs["n_done"] = 0
+def _create(handle: h5py.File, size: int) -> None:
     images = handle.create_group("images")
-    images.create_dataset("pixels", (0, size, size), np.uint8, maxshape=(None, size, size), chunks=(1, size, size))
-    images.create_dataset("candidate", (0,), np.int64, maxshape=(None,), chunks=(4096,))
-    images.create_dataset("orig_shape", (0, 2), np.int32, maxshape=(None, 2), chunks=(4096, 2))
+    growable(images, "pixels", (size, size), np.uint8)
+    growable(images, "candidate", (), np.int64)
+    growable(images, "orig_shape", (2,), np.int32, chunks=(4096, 2))
     bad = handle.create_group("bad")
-    bad.create_dataset("path", (0,), STR, maxshape=(None,))
-    bad.create_dataset("reason", (0,), STR, maxshape=(None,))
-    return handle
+    growable(bad, "path", (), STR, chunks=(1024,))
+    growable(bad, "reason", (), STR, chunks=(1024,))
 
 
-def write_images(partial: Path, plan: ImagePlan, *, size: int, workers: int, chunk: int, strict: bool,
+def write_images(final: Path, plan: ImagePlan, *, size: int, workers: int, chunk: int, strict: bool,
                  key: str) -> h5py.File:
-    """Decode every planned image into `partial`, resuming a run that was cut short."""
-    handle = _open_partial(partial, key, size)
+    """Decode every planned image into the partial file of `final`, resuming a run that was cut short."""
+    handle = open_partial(final, key, lambda h: _create(h, size))
     done = int(handle.attrs["n_done"])
-    if done:
-        tqdm.write(f"resuming {partial.name}: {done} of {len(plan.path)} images already written")
     starts = range(done, len(plan.path), chunk)
-    jobs = (delayed(_decode_chunk)(plan.path[s:s + chunk], size) for s in starts)
+    jobs = (delayed(decode_many)(plan.path[s:s + chunk], size) for s in starts)
     bar = tqdm(total=len(plan.path), initial=done, desc="images", unit="img")
     try:
         for start, results in zip(starts, Parallel(n_jobs=workers, return_as="generator")(jobs)):
@@ -114,16 +79,15 @@ def write_images(partial: Path, plan: ImagePlan, *, size: int, workers: int, chu
                 raise StageError(f"{bad[0][0]}: {bad[0][1]} (--strict stops at the first bad image; "
                                  "fix or remove the file, or run without --strict to skip bad images)")
             if ok:
-                _append(handle["images/candidate"], [c for c, _, _ in ok])
-                _append(handle["images/orig_shape"], [o for _, _, o in ok])
-                _append(handle["images/pixels"], np.stack([p for _, p, _ in ok]))
+                append(handle["images/candidate"], [c for c, _, _ in ok])
+                append(handle["images/orig_shape"], [o for _, _, o in ok])
+                append(handle["images/pixels"], np.stack([p for _, p, _ in ok]))
             for path, reason in bad:
                 tqdm.write(f"skipped {path}: {reason}")
             if bad:
-                _append(handle["bad/path"], [p for p, _ in bad])
-                _append(handle["bad/reason"], [r for _, r in bad])
-            handle.attrs["n_done"] = start + len(results)
-            handle.flush()
+                append(handle["bad/path"], [p for p, _ in bad])
+                append(handle["bad/reason"], [r for _, r in bad])
+            mark_done(handle, start + len(results))
             bar.update(len(results))
     except BaseException:
         handle.close()
@@ -155,7 +119,6 @@ def write_studies(handle: h5py.File, records: list[StudyRecord], plan: ImagePlan
     studies.create_dataset("token_len", data=token_len[keep])
     studies.create_dataset("image_start", data=starts[keep])
     studies.create_dataset("image_count", data=counts[keep])
-    del handle.attrs["n_done"], handle.attrs["resume_key"]
     return [records[i].id for i in np.flatnonzero(counts == 0)]
 
 

@@ -75,3 +75,18 @@ def load_xray(path: Path, size: int) -> tuple[np.ndarray, tuple[int, int]]:
     if pixels.dtype != np.uint8:
         pixels = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
     return pixels, original
+
+
+def decode_many(paths: list[str], size: int) -> list[tuple[np.ndarray | None, tuple[int, int] | None, str | None]]:
+    """(pixels, original shape, None) or (None, None, reason) per path: one worker task.
+
+    Lives here, next to `load_xray`, so worker processes import nothing heavier than Pillow.
+    """
+    results = []
+    for path in paths:
+        try:
+            pixels, original = load_xray(Path(path), size)
+            results.append((pixels, original, None))
+        except ImageError as error:
+            results.append((None, None, error.reason))
+    return results
