@@ -42,3 +42,4 @@ test: setup
 
 bench: setup
 	$(BIN)/python bench/preprocess.py
+	$(BIN)/python bench/label.py

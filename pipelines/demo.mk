@@ -1,4 +1,4 @@
-# The demo chain: make-demo -> preprocess (settings in pipelines/demo.toml).
+# The demo chain: make-demo -> preprocess -> label (settings in pipelines/demo.toml).
 DEMO := $(ART)/demo
 
 $(DEMO)/raw/annotation.json: $(INSTALLED) pipelines/demo.toml
@@ -7,9 +7,12 @@ $(DEMO)/raw/annotation.json: $(INSTALLED) pipelines/demo.toml
 $(DEMO)/dataset.h5: $(DEMO)/raw/annotation.json pipelines/demo.toml
 	$(RRG) preprocess --dataset demo --root $(DEMO)/raw --artifacts $(ART)
 
-demo: setup $(DEMO)/dataset.h5
+$(DEMO)/labels.h5: $(DEMO)/dataset.h5
+	$(RRG) label --dataset demo --artifacts $(ART)
+
+demo: setup $(DEMO)/labels.h5
 	@$(RRG) status --dataset demo --artifacts $(ART)
-	@echo "demo contact sheet: $(DEMO)/preview.png"
+	@echo "look at: $(DEMO)/preview.png (demo images), $(DEMO)/label_prevalence.png (labels)"
 
 clean-demo:
 	rm -rf $(DEMO)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from stages import __version__, make_demo, preprocess, status
+from stages import __version__, label, make_demo, preprocess, status
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -18,5 +18,5 @@ def main() -> None:
     """
 
 
-for _stage in (make_demo, preprocess, status):
+for _stage in (make_demo, preprocess, label, status):
     main.add_command(_stage.command)

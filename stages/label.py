@@ -72,8 +72,9 @@ def command(ctx: StageContext, labeler_name: str, checkpoint: Path | None, uncer
             input_csv: Path | None, output_csv: Path | None, report_column: str | None) -> None:
     """Label the 14 CheXpert observations of every study into labels.h5.
 
-    Raw classes (blank / positive / negative / uncertain) and the binary form (positive -> 1,
-    No Finding -> 1 when nothing is positive) are stored, with a prevalence table per split and
+    The original report text is labelled (not the R2Gen-cleaned one, whose lost commas blur
+    negation scope). Raw classes (blank / positive / negative / uncertain) and the binary form
+    (positive -> 1, No Finding -> 1 when nothing is positive) are stored, with a prevalence table per split and
     a bar chart. With --input/--output it labels your own CSV instead (CheXbert's CSV format).
     """
     if input_csv or output_csv:
@@ -88,8 +89,8 @@ def command(ctx: StageContext, labeler_name: str, checkpoint: Path | None, uncer
     inputs = {"dataset": dataset_h5, **({"checkpoint": checkpoint} if checkpoint else {})}
     if ctx.up_to_date([output], options, inputs):
         return
-    with DatasetFile(dataset_h5) as data:
-        ids, splits, reports = data.ids, data.splits, data.reports
+    with DatasetFile(dataset_h5) as data:  # the report as written: its punctuation bounds negation scope
+        ids, splits, reports = data.ids, data.splits, data.raw_reports
     raw = _labeler(labeler_name, checkpoint).label(reports)
     binary = to_binary(raw, uncertain_as_positive)
     with atomic_output(output) as tmp, h5py.File(tmp, "w") as h5:

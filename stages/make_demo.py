@@ -22,6 +22,9 @@ _SHARED_SPLIT = Path(__file__).resolve().parents[1].parent / "shared" / "data" /
               show_default=True, help="Folder to write the R2Gen-layout demo dataset to.")
 @click.option("--n-studies", type=int, help="Number of studies [pipelines/demo.toml].")
 @click.option("--size", type=int, help="Image side in pixels [pipelines/demo.toml].")
+@click.option("--abnormal-fraction", type=float,
+              help="Share of each split drawn from reports with a finding; -1 keeps the natural mix "
+                   "[pipelines/demo.toml].")
 @click.option("--split-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="An R2Gen annotation.json whose train/val/test split to follow "
                    "[default: ../shared/data/iu_xray/annotation.json when present, else a split by id hash].")
@@ -32,7 +35,7 @@ _SHARED_SPLIT = Path(__file__).resolve().parents[1].parent / "shared" / "data" /
 @click.option("--workers", type=int, default=min(4, os.cpu_count() or 1), show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Rebuild even when the folder is up to date.")
-def command(out: Path, n_studies: int | None, size: int | None, split_file: Path | None, reports: Path | None,
+def command(out: Path, n_studies: int | None, size: int | None, abnormal_fraction: float | None, split_file: Path | None, reports: Path | None,
             preview_png: Path | None, workers: int, seed: int, force: bool) -> None:
     """Pair real Open-i report text with phantom radiographs rendered from each report's findings.
 
@@ -41,7 +44,10 @@ def command(out: Path, n_studies: int | None, size: int | None, split_file: Path
     benchmarked on any machine. regions.h5 holds the true region of every rendered finding.
     """
     started = time.time()
-    options = resolve("demo", "make-demo", {"n_studies": n_studies, "size": size}, required=("n_studies", "size"))
+    options = resolve("demo", "make-demo", {"n_studies": n_studies, "size": size, "abnormal_fraction": abnormal_fraction},
+                      required=("n_studies", "size", "abnormal_fraction"))
+    if not (options["abnormal_fraction"] == -1 or 0 <= options["abnormal_fraction"] <= 1):
+        raise click.BadParameter("must be -1 (natural mix) or between 0 and 1", param_hint="--abnormal-fraction")
     if split_file is None and _SHARED_SPLIT.exists():
         split_file = _SHARED_SPLIT
     reports = reports or torchxrayvision_reports()
@@ -52,7 +58,8 @@ def command(out: Path, n_studies: int | None, size: int | None, split_file: Path
         click.echo(f"[make-demo] {out} up to date; nothing to do (use --force to rebuild)")
         annotation.touch()
     else:
-        studies = select_studies(list(iter_reports_tgz(reports)), options["n_studies"], split_file, seed)
+        fraction = None if options["abnormal_fraction"] == -1 else options["abnormal_fraction"]
+        studies = select_studies(list(iter_reports_tgz(reports)), options["n_studies"], split_file, seed, fraction)
         if not studies:
             raise StageError(f"no studies selected from {reports}; check --split-file and --n-studies")
         with artifacts.atomic_output(out) as tmp:

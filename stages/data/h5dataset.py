@@ -133,6 +133,7 @@ class DatasetFile:
             self.ids = studies["id"].asstr()[:].tolist()
             self.splits = np.asarray(studies["split"].asstr()[:])
             self.reports = studies["clean"].asstr()[:].tolist()
+            self.raw_reports = studies["report"].asstr()[:].tolist()
             self.token_ids = studies["token_ids"][:]
             self.token_len = studies["token_len"][:]
             self.image_start = studies["image_start"][:]

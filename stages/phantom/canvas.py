@@ -59,20 +59,42 @@ class Canvas:
 
 
 def ramp(distance: np.ndarray, width: float) -> np.ndarray:
-    """Smoothstep from 0 (distance <= -width/2) to 1 (distance >= width/2): a soft inside test."""
-    t = np.clip(distance * np.float32(1.0 / width) + np.float32(0.5), 0.0, 1.0)
-    return t * t * (3.0 - 2.0 * t)
+    """Smoothstep from 0 (distance <= -width/2) to 1 (distance >= width/2): a soft inside test.
+
+    Written with in-place operations: it is the renderer's most frequent call.
+    """
+    t = np.asarray(distance, dtype=np.float32) * np.float32(1.0 / width)
+    t += np.float32(0.5)
+    np.clip(t, 0.0, 1.0, out=t)
+    result = t * np.float32(-2.0)
+    result += np.float32(3.0)
+    result *= t
+    result *= t
+    return result
 
 
-def ellipse(canvas: Canvas, centre: Point, radii: Point, tilt: float = 0.0,
-            edge: float = 0.0) -> np.ndarray:
-    """Soft filled ellipse; `tilt` turns its first axis from +u towards +v; `edge` softens it."""
+def ellipse_radius(canvas: Canvas, centre: Point, radii: Point, tilt: float = 0.0) -> np.ndarray:
+    """Normalised elliptical radius (1 on the outline); `tilt` turns the first axis towards +v."""
     du, dv = canvas.u - np.float32(centre[0]), canvas.v - np.float32(centre[1])
     if tilt:
         cos, sin = np.float32(math.cos(tilt)), np.float32(math.sin(tilt))
         du, dv = cos * du + sin * dv, cos * dv - sin * du
-    radius = np.sqrt((du * np.float32(1 / radii[0])) ** 2 + (dv * np.float32(1 / radii[1])) ** 2)
+    return np.sqrt((du * np.float32(1 / radii[0])) ** 2 + (dv * np.float32(1 / radii[1])) ** 2)
+
+
+def ellipse(canvas: Canvas, centre: Point, radii: Point, tilt: float = 0.0,
+            edge: float = 0.0) -> np.ndarray:
+    """Soft filled ellipse; `edge` widens its anti-aliased border (normalised units)."""
+    radius = ellipse_radius(canvas, centre, radii, tilt)
     return ramp((1.0 - radius) * np.float32(min(radii)), max(edge, canvas.pixel))
+
+
+def ellipsoid(canvas: Canvas, centre: Point, radii: Point, tilt: float = 0.0,
+              edge: float = 0.0) -> np.ndarray:
+    """Thickness of an ellipsoid seen through (1 at the centre): organs dense in the middle."""
+    radius = ellipse_radius(canvas, centre, radii, tilt)
+    inside = ramp((1.0 - radius) * np.float32(min(radii)), max(edge, canvas.pixel))
+    return inside * np.sqrt(np.clip(1.0 - radius * radius, 0.0, 1.0) * 0.75 + 0.25)
 
 
 def superellipse_depth(canvas: Canvas, centre: Point, radii: Point, power: float,
@@ -93,20 +115,20 @@ def superellipse_depth(canvas: Canvas, centre: Point, radii: Point, power: float
     return (1.0 - radius) / np.maximum(gradient, 1e-6)
 
 
-def strokes(canvas: Canvas, paths: Sequence[Sequence[Point]], width: float,
+def strokes(canvas: Canvas, paths: Sequence[Sequence[Point]], width: float | Sequence[float],
             values: Sequence[float] | None = None, blur: float = 0.0) -> np.ndarray:
-    """Polylines of `width` (normalised, at least one pixel) drawn with PIL, in [0, 1].
+    """Polylines of `width` (normalised, at least one pixel; one or one per path), in [0, 1].
 
     `values` sets each path's intensity; `blur` is a Gaussian sigma in normalised units.
     """
     side = canvas.size * _SUPERSAMPLE
     image = Image.new("L", (side, side))
     draw = ImageDraw.Draw(image)
-    line_width = max(_SUPERSAMPLE, round(width * side))
+    widths = [width] * len(paths) if np.ndim(width) == 0 else width
     for index, path in enumerate(paths):
         value = 1.0 if values is None else values[index]
         draw.line(canvas.to_pixels(path, _SUPERSAMPLE), fill=round(255 * value),
-                  width=line_width, joint="curve")
+                  width=max(_SUPERSAMPLE, round(widths[index] * side)), joint="curve")
     image = image.reduce(_SUPERSAMPLE)
     if blur * canvas.size >= 0.3:
         image = image.filter(ImageFilter.GaussianBlur(blur * canvas.size))
@@ -150,7 +172,10 @@ def dilate(mask: np.ndarray, pixels: int) -> np.ndarray:
 
 
 def region(mask: np.ndarray, threshold: float = 0.5, grow: int = 0) -> np.ndarray:
-    """Boolean region where a soft mask reaches `threshold`; never empty (falls back to its peak)."""
+    """Boolean region where a soft mask reaches `threshold`, grown by `grow` pixels.
+
+    Never empty: a sign too small to reach the threshold keeps its peak pixel.
+    """
     result = mask >= threshold
     if not result.any():
         result = np.zeros(mask.shape, dtype=bool)

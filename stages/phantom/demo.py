@@ -38,30 +38,42 @@ class DemoStudy:
     findings: list[Finding]
 
 
-def select_studies(reports: list[OpeniReport], n_studies: int, split_file: Path | None, seed: int) -> list[DemoStudy]:
-    """Studies with findings text, split as R2Gen (with `split_file`) or by id hash, sampled
-    per split in proportion so the demo keeps the split's shape at any size."""
+def select_studies(reports: list[OpeniReport], n_studies: int, split_file: Path | None, seed: int,
+                   abnormal_fraction: float | None = None) -> list[DemoStudy]:
+    """Studies with findings text, split as R2Gen (with `split_file`) or by id hash.
+
+    Each split is sampled in proportion to its size, so the demo keeps the split's shape at any
+    size. With `abnormal_fraction`, that share of each split's sample (as far as the pool allows)
+    is drawn from studies with at least one finding, so that a small demo still has enough
+    positives to learn and score every finding; None keeps the natural mix.
+    """
     splits = None
     if split_file is not None:
         splits = {e["id"]: split for split, entries in load_annotation(split_file).items() for e in entries}
-    by_split: dict[str, list[OpeniReport]] = {s: [] for s in SPLITS}
+    labeler = RuleLabeler()
+    by_split: dict[str, list[DemoStudy]] = {s: [] for s in SPLITS}
     for report in reports:
-        if not report.findings:
-            continue
         split = splits.get(report.study_id) if splits is not None else hash_split(report.study_id)
-        if split is not None:
-            by_split[split].append(report)
+        if report.findings and split is not None:
+            findings = findings_from_sentences(labeler.label_sentences(report.findings))
+            by_split[split].append(DemoStudy(report.study_id, split, report.findings, findings))
     total = sum(len(v) for v in by_split.values())
     rng = np.random.default_rng(seed)
-    labeler = RuleLabeler()
     chosen = []
     for split in SPLITS:
         pool = by_split[split]
         take = min(len(pool), round(n_studies * len(pool) / max(total, 1)))
-        for i in sorted(rng.choice(len(pool), size=take, replace=False)):
-            report = pool[i]
-            findings = findings_from_sentences(labeler.label_sentences(report.findings))
-            chosen.append(DemoStudy(report.study_id, split, report.findings, findings))
+        abnormal = [i for i, study in enumerate(pool) if study.findings]
+        normal = [i for i, study in enumerate(pool) if not study.findings]
+        if abnormal_fraction is None:
+            picked = rng.choice(len(pool), size=take, replace=False)
+        else:
+            n_abnormal = min(len(abnormal), round(take * abnormal_fraction))
+            n_normal = min(len(normal), take - n_abnormal)
+            n_abnormal = take - n_normal
+            picked = np.concatenate([rng.choice(abnormal, size=n_abnormal, replace=False),
+                                     rng.choice(normal, size=n_normal, replace=False)]).astype(int)
+        chosen += [pool[i] for i in sorted(picked)]
     return chosen
 
 
