@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import click
 
-from stages import __version__, label, make_demo, preprocess, status
+from stages import (
+    __version__,
+    build_knowledge,
+    extract_features,
+    kmeans_init,
+    label,
+    make_demo,
+    preprocess,
+    status,
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -18,5 +27,5 @@ def main() -> None:
     """
 
 
-for _stage in (make_demo, preprocess, label, status):
+for _stage in (make_demo, preprocess, label, extract_features, kmeans_init, build_knowledge, status):
     main.add_command(_stage.command)

@@ -39,5 +39,5 @@ def command(ctx: StageContext) -> None:
         counts = ", ".join(f"{k}={v}" for k, v in manifest.get("counts", {}).items()
                            if not isinstance(v, (list, dict)))
         size = _human(manifest.get("size", 0))
-        click.echo(f"  {str(Path(path).relative_to(ctx.dir)):28s} {manifest.get('stage', '?'):12s} "
+        click.echo(f"  {str(Path(path).relative_to(ctx.dir)):28s} {manifest.get('stage', '?'):16s} "
                    f"{size:>8s}  {counts}  [{state}]")

@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import click
+
 from stages import __version__
 from stages.core.errors import StageError
 
@@ -30,6 +32,9 @@ PRODUCERS: dict[str, str] = {
     "dataset.h5": "preprocess --dataset {dataset} --root DIR",
     "vocab.json": "preprocess --dataset {dataset} --root DIR",
     "labels.h5": "label --dataset {dataset}",
+    "features.h5": "extract-features --dataset {dataset}",
+    "prototypes.pkl": "kmeans-init --dataset {dataset}",
+    "knowledge.pkl": "build-knowledge --dataset {dataset}",
 }
 
 
@@ -109,14 +114,11 @@ def write_manifest(
         "stage": stage,
         "dataset": dataset,
         "options": options,
-        "inputs": {
-            name: {"path": str(p), "sha256": (read_manifest(p) or {}).get("sha256") or checksum(p)}
-            for name, p in inputs.items()
-        },
+        "inputs": {name: _input_record(p, path) for name, p in inputs.items()},
         "sha256": checksum(path),
         "size": _size(path),
         "counts": counts,
-        "command": " ".join(["rrg-stage", *sys.argv[1:]]),
+        "command": command_line(),
         "package_version": __version__,
         "python": platform.python_version(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -125,6 +127,30 @@ def write_manifest(
     }
     write_json_atomic(manifest_path(path), manifest)
     return manifest
+
+
+def _input_record(input_path: Path, artifact: Path) -> dict[str, Any]:
+    """Artifacts are recorded relative to the artifact (so folders can move) and checked again
+    downstream; raw inputs (no manifest) by absolute path, checked by the stage that reads them."""
+    manifest = read_manifest(input_path)
+    if manifest is not None:
+        return {"path": os.path.relpath(input_path, artifact.parent), "sha256": manifest["sha256"], "artifact": True}
+    return {"path": str(Path(input_path).resolve()), "sha256": checksum(input_path), "artifact": False}
+
+
+def command_line() -> str:
+    """The stage's command line, rebuilt from click's parsed options (also right under a test runner)."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return " ".join(["rrg-stage", *sys.argv[1:]])
+    words = ["rrg-stage", ctx.info_name or ""]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if value is None or value is False or not param.opts:
+            continue
+        flag = max(param.opts, key=len)
+        words += [flag] if value is True else [flag, str(value)]
+    return " ".join(words)
 
 
 def _size(path: Path) -> int:
@@ -141,7 +167,11 @@ def rebuild_hint(path: Path, dataset: str) -> str:
 
 
 def check_input(path: Path, dataset: str) -> dict[str, Any]:
-    """Return the manifest of a trustworthy input artifact, or stop with the fix."""
+    """Return the manifest of a trustworthy input artifact, or stop with the fix.
+
+    The artifacts it was built from must still be the versions it recorded (one level up; each
+    of those was checked the same way when it was built).
+    """
     if not path.exists():
         raise StageError(f"{path} is missing; {rebuild_hint(path, dataset)}")
     manifest = read_manifest(path)
@@ -161,7 +191,9 @@ def check_input(path: Path, dataset: str) -> dict[str, Any]:
             f"rebuild it: {manifest.get('command', rebuild_hint(path, dataset))} --force"
         )
     for name, recorded in manifest.get("inputs", {}).items():
-        upstream = Path(recorded["path"])
+        if not recorded.get("artifact"):
+            continue  # a raw input: the stage that reads it checks it whenever it runs
+        upstream = path.parent / recorded["path"]
         current = read_manifest(upstream)
         if current is None or current.get("sha256") != recorded["sha256"]:
             raise StageError(

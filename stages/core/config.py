@@ -41,7 +41,7 @@ def resolve(dataset: str, section: str, given: dict[str, Any], required: tuple[s
     """Options of one stage: CLI values that were given win over the dataset's defaults."""
     defaults = dataset_config(dataset).get(section, {})
     options = {key.replace("-", "_"): value for key, value in defaults.items()}
-    options.update({key: value for key, value in given.items() if value is not None})
+    options.update({key: value for key, value in given.items() if value is not None or key not in options})
     missing = [key for key in required if options.get(key) is None]
     if missing:
         raise StageError(

@@ -142,6 +142,7 @@ class DatasetFile:
             raise StageError(f"{self.path} is not a readable dataset.h5 ({error}); rebuild it with "
                              "rrg-stage preprocess --force") from None
         self.pixels = self._h5["images/pixels"]
+        self.image_study = self._h5["images/study"][:]
         self.image_size = int(self.pixels.shape[-1])
 
     def __len__(self) -> int:

@@ -55,10 +55,14 @@ class _CheXbertModel(nn.Module):
         heads = [nn.Linear(config.hidden_size, 4) for _ in range(_N_HEADS - 1)]
         self.linear_heads = nn.ModuleList([*heads, nn.Linear(config.hidden_size, 2)])
 
+    def cls_state(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, 0]
+
+    def heads(self, cls: torch.Tensor) -> list[torch.Tensor]:
+        return [head(self.dropout(cls)) for head in self.linear_heads]
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.Tensor]:
-        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        cls = self.dropout(hidden[:, 0])
-        return [head(cls) for head in self.linear_heads]
+        return self.heads(self.cls_state(input_ids, attention_mask))
 
 
 def _config_from_state(state: dict[str, torch.Tensor], path: Path) -> BertConfig:
@@ -147,15 +151,10 @@ class CheXbertLabeler:
         model.load_state_dict(used)
         return cls(model, load_tokenizer(), device)
 
-    def label(self, reports: Sequence[str], batch_size: int = 32, progress: bool = True) -> np.ndarray:
-        """Raw classes (n, 14) int8; No Finding's head maps 0 -> BLANK, 1 -> POSITIVE.
-
-        Reports are sorted by length so each batch pads little; results do not depend on the
-        batch size or the order of the reports.
-        """
-        out = np.zeros((len(reports), _N_HEADS), dtype=np.int8)
+    def _batches(self, reports: Sequence[str], batch_size: int, progress: bool, desc: str):
+        """(row indices, [CLS] hidden states) per batch; reports sorted by length so batches pad little."""
         if not len(reports):
-            return out
+            return
         ids = self.tokenizer(
             [" ".join(str(r).split()) for r in reports],
             truncation=True,
@@ -164,7 +163,7 @@ class CheXbertLabeler:
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         starts = range(0, len(order), batch_size)
         with torch.inference_mode():
-            for start in tqdm(starts, desc="CheXbert", unit="batch", disable=not progress):
+            for start in tqdm(starts, desc=desc, unit="batch", disable=not progress):
                 rows = order[start : start + batch_size]
                 width = max(len(ids[i]) for i in rows)
                 batch = torch.full((len(rows), width), self.tokenizer.pad_token_id)
@@ -172,10 +171,25 @@ class CheXbertLabeler:
                 for j, i in enumerate(rows):
                     batch[j, : len(ids[i])] = torch.tensor(ids[i])
                     mask[j, : len(ids[i])] = 1
-                logits = self.model(batch.to(self.device), mask.to(self.device))
-                classes = torch.stack([x.argmax(dim=1) for x in logits], dim=1).cpu().numpy()
-                out[rows] = classes
+                yield rows, self.model.cls_state(batch.to(self.device), mask.to(self.device))
+
+    def label(self, reports: Sequence[str], batch_size: int = 32, progress: bool = True) -> np.ndarray:
+        """Raw classes (n, 14) int8; No Finding's head maps 0 -> BLANK, 1 -> POSITIVE.
+
+        Results do not depend on the batch size or the order of the reports.
+        """
+        out = np.zeros((len(reports), _N_HEADS), dtype=np.int8)
+        for rows, cls in self._batches(reports, batch_size, progress, "CheXbert"):
+            logits = self.model.heads(cls)
+            out[rows] = torch.stack([x.argmax(dim=1) for x in logits], dim=1).cpu().numpy()
         out[:, NO_FINDING] = np.where(out[:, NO_FINDING] == 1, POSITIVE, BLANK)
+        return out
+
+    def embed(self, reports: Sequence[str], batch_size: int = 32, progress: bool = True) -> np.ndarray:
+        """(n, hidden) float32 [CLS] representations: the report features XProNet builds prototypes from."""
+        out = np.zeros((len(reports), self.model.bert.config.hidden_size), dtype=np.float32)
+        for rows, cls in self._batches(reports, batch_size, progress, "CheXbert embed"):
+            out[rows] = cls.float().cpu().numpy()
         return out
 
 

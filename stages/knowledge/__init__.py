@@ -1,0 +1,1 @@
+"""EKAGen's expert knowledge base: prior (PKS), retrieved (RKS) and instance-level knowledge."""
