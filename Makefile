@@ -35,7 +35,7 @@ setup: $(INSTALLED) check-java
 check-java:
 	@command -v java >/dev/null 2>&1 || { echo "Java 11+ is needed (METEOR runs on it). Install it with: sudo apt-get install -y default-jre-headless"; exit 1; }
 
-include pipelines/demo.mk pipelines/iu_xray.mk pipelines/mimic.mk
+include pipelines/stages.mk pipelines/demo.mk pipelines/iu_xray.mk pipelines/mimic.mk
 
 test: setup
 	$(BIN)/python -m pytest -q
