@@ -27,7 +27,7 @@ from stages.models.text_encoders import TEXT_ENCODERS, build_text_encoder
               help="minilm ships offline; chexbert ([CLS], as XProNet) needs --checkpoint.")
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="chexbert.pth for --text-encoder chexbert.")
-@click.option("--input-size", type=int, help="Images are resized to this side before encoding [pipelines/<dataset>.toml].")
+@click.option("--input-size", type=int, help="Images are resized to this side before encoding [128 demo, 224 iu_xray/mimic].")
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--device", default="cuda" if torch.cuda.is_available() else "cpu", show_default=True)
 def command(ctx: StageContext, image_encoder: str, weights: str | None, text_encoder: str, checkpoint: Path | None,

@@ -20,11 +20,11 @@ _SHARED_SPLIT = Path(__file__).resolve().parents[1].parent / "shared" / "data" /
 @click.command("make-demo")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default="artifacts/demo/raw",
               show_default=True, help="Folder to write the R2Gen-layout demo dataset to.")
-@click.option("--n-studies", type=int, help="Number of studies [pipelines/demo.toml].")
-@click.option("--size", type=int, help="Image side in pixels [pipelines/demo.toml].")
+@click.option("--n-studies", type=int, help="Number of studies [400, pipelines/demo.toml].")
+@click.option("--size", type=int, help="Image side in pixels [128].")
 @click.option("--abnormal-fraction", type=float,
               help="Share of each split drawn from reports with a finding; -1 keeps the natural mix "
-                   "[pipelines/demo.toml].")
+                   "[0.7].")
 @click.option("--split-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="An R2Gen annotation.json whose train/val/test split to follow "
                    "[default: ../shared/data/iu_xray/annotation.json when present, else a split by id hash].")

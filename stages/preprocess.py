@@ -64,16 +64,16 @@ def check_records(records: list[StudyRecord], clean_style: str, strict: bool) ->
 
 @click.command("preprocess")
 @stage_options
-@click.option("--root", type=click.Path(path_type=Path), help="The raw dataset folder.")
+@click.option("--root", type=click.Path(path_type=Path), help="The raw dataset folder [demo: artifacts/demo/raw].")
 @click.option("--layout", type=click.Choice(["r2gen", "openi", "mimic"]),
-              help="How the raw folder is organised [dataset default: see pipelines/<dataset>.toml].")
+              help="How the raw folder is organised [r2gen for demo/iu_xray, mimic for mimic].")
 @click.option("--annotation", type=click.Path(path_type=Path), help="r2gen: annotation file if not ROOT/annotation.json.")
 @click.option("--split-file", type=click.Path(path_type=Path), help="openi: an R2Gen annotation.json whose split to use.")
 @click.option("--reports", type=click.Path(path_type=Path), help="mimic: folder holding files/pXX/.../sNNN.txt reports.")
-@click.option("--image-size", type=int, help="Side of the stored square images in pixels.")
-@click.option("--min-count", type=int, help="Vocabulary: keep training tokens seen at least this often.")
-@click.option("--max-length", type=int, help="Token ids kept per report, BOS included (R2Gen: 60 IU, 100 MIMIC).")
-@click.option("--clean-style", type=click.Choice(["iu", "mimic"]), help="R2Gen cleaning variant.")
+@click.option("--image-size", type=int, help="Side of the stored square images in pixels [128 demo, 256 iu_xray/mimic].")
+@click.option("--min-count", type=int, help="Vocabulary: keep training tokens seen at least this often [3 demo/iu_xray, 10 mimic].")
+@click.option("--max-length", type=int, help="Token ids kept per report, BOS included [60 demo/iu_xray, 100 mimic].")
+@click.option("--clean-style", type=click.Choice(["iu", "mimic"]), help="R2Gen cleaning variant [iu for demo/iu_xray, mimic for mimic].")
 @click.option("--workers", type=int, default=min(4, os.cpu_count() or 1), show_default=True,
               help="Image-decoding worker processes.")
 @click.option("--chunk", type=int, default=16, show_default=True, help="Images per worker task.")
@@ -82,6 +82,8 @@ def command(ctx: StageContext, root: Path | None, layout: str | None, annotation
             split_file: Path | None, reports: Path | None, image_size: int | None, min_count: int | None,
             max_length: int | None, clean_style: str | None, workers: int, chunk: int, strict: bool) -> None:
     """Clean reports, build the vocabulary, and decode every image once into dataset.h5.
+
+    Defaults in [brackets] come from pipelines/<dataset>.toml; an option given here wins.
 
     Bad images (missing, empty, truncated, unreadable) are named, skipped and counted in the
     manifest; --strict makes them fatal. An interrupted run resumes where it stopped.

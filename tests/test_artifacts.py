@@ -91,3 +91,21 @@ def test_directory_checksum_follows_content(tmp_path):
     before = artifacts.checksum(tmp_path / "d")
     (tmp_path / "d" / "a").write_text("2")
     assert artifacts.checksum(tmp_path / "d") != before
+
+
+def test_raw_inputs_are_recorded_by_absolute_path_and_not_rechecked_downstream(tmp_path):
+    raw = tmp_path / "raw.json"
+    raw.write_text("{}")
+    built = _artifact(tmp_path / "art" / "dataset.h5", "data", inputs={"annotation": raw})
+    record = artifacts.read_manifest(built)["inputs"]["annotation"]
+    assert record == {"path": str(raw.resolve()), "sha256": artifacts.checksum(raw), "artifact": False}
+    raw.write_text('{"changed": 1}')  # the stage that reads it (preprocess) notices; consumers of dataset.h5 need not
+    assert artifacts.check_input(built, "demo")
+    assert not artifacts.is_up_to_date(built, {}, {"annotation": raw})
+
+
+def test_artifact_folders_can_be_moved(tmp_path):
+    upstream = _artifact(tmp_path / "a" / "dataset.h5", "v1")
+    _artifact(tmp_path / "a" / "labels.h5", "labels", inputs={"dataset": upstream})
+    (tmp_path / "a").rename(tmp_path / "b")
+    assert artifacts.check_input(tmp_path / "b" / "labels.h5", "demo")["stage"] == "test"
