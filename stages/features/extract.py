@@ -68,9 +68,9 @@ def write_features(final: Path, data: DatasetFile, image_encoder: ImageEncoder, 
         for start in tqdm(range(done, n_images, batch_size), desc="image features", unit="batch"):
             stop = min(start + batch_size, n_images)
             pooled, pooled_flip, patches = encode_images(image_encoder, data.pixels[start:stop], input_size)
-            images["pooled"][start:stop] = pooled.numpy()
-            images["pooled_flip"][start:stop] = pooled_flip.numpy()
-            images["patches"][start:stop] = patches.numpy().astype(np.float16)
+            images["pooled"][start:stop] = pooled.cpu().numpy()
+            images["pooled_flip"][start:stop] = pooled_flip.cpu().numpy()
+            images["patches"][start:stop] = patches.cpu().numpy().astype(np.float16)
             mark_done(handle, stop)
         text = handle["studies/text"]
         done = int(handle.attrs["text_done"])
