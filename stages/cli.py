@@ -17,6 +17,7 @@ STAGES = {
     "extract-features": "stages.extract_features",
     "kmeans-init": "stages.kmeans_init",
     "build-knowledge": "stages.build_knowledge",
+    "adm-masks": "stages.adm_masks",
     "status": "stages.status",
 }
 

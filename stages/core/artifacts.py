@@ -35,6 +35,8 @@ PRODUCERS: dict[str, str] = {
     "features.h5": "extract-features --dataset {dataset}",
     "prototypes.pkl": "kmeans-init --dataset {dataset}",
     "knowledge.pkl": "build-knowledge --dataset {dataset}",
+    "diagnosis.pt": "adm-masks --dataset {dataset}",
+    "adm.h5": "adm-masks --dataset {dataset}",
 }
 
 
