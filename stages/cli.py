@@ -18,6 +18,9 @@ STAGES = {
     "kmeans-init": "stages.kmeans_init",
     "build-knowledge": "stages.build_knowledge",
     "adm-masks": "stages.adm_masks",
+    "baselines": "stages.baselines",
+    "evaluate": "stages.evaluate",
+    "compare": "stages.compare",
     "status": "stages.status",
 }
 

@@ -37,6 +37,8 @@ PRODUCERS: dict[str, str] = {
     "knowledge.pkl": "build-knowledge --dataset {dataset}",
     "diagnosis.pt": "adm-masks --dataset {dataset}",
     "adm.h5": "adm-masks --dataset {dataset}",
+    "metrics_test.json": "evaluate --run artifacts/{dataset}/runs/NAME --split test",
+    "metrics_val.json": "evaluate --run artifacts/{dataset}/runs/NAME --split val",
 }
 
 
