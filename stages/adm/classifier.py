@@ -28,6 +28,7 @@ from torch import nn
 from tqdm import tqdm
 
 from stages.adm.backbone import set_output_stride
+from stages.core.artifacts import load_torch
 from stages.labeling.observations import NO_FINDING, OBSERVATIONS
 from stages.models.image_encoders import ENCODERS, ImageEncoder, build_image_encoder
 
@@ -383,12 +384,7 @@ def load_diagnosis(path: Path, expected_image_size: int | None = None, device: s
                    observations: Sequence[str] = OBSERVATIONS) -> Diagnosis:
     """Load a diagnosis.pt; refuse one made for another label order or image size (ValueError)."""
     path = Path(path)
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"diagnosis checkpoint {path} not found") from None
-    except Exception as error:  # noqa: BLE001  (torch raises many kinds for a bad file)
-        raise ValueError(f"{path} is not a diagnosis checkpoint ({type(error).__name__}: {error})") from None
+    saved = load_torch(path, "diagnosis checkpoint")
     if not isinstance(saved, dict) or saved.get("format") != FORMAT:
         raise ValueError(f"{path} is not a diagnosis checkpoint written by adm-masks (format {FORMAT})")
     if list(saved["observations"]) != list(observations):

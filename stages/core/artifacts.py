@@ -93,6 +93,19 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def load_torch(path: Path, what: str, fix: str = "") -> Any:
+    """torch.load (tensors and plain values only) whose errors name the file: FileNotFoundError
+    when it is absent, ValueError when it is not a readable torch file; `fix` ends both messages."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} {path} not found{fix}") from None
+    except Exception as error:  # noqa: BLE001  (torch raises many kinds for a damaged file)
+        raise ValueError(f"{path} is not a {what} ({type(error).__name__}: {error}){fix}") from None
+
+
 def read_manifest(path: Path) -> dict[str, Any] | None:
     """The manifest of artifact `path`, or None when it is missing or unreadable."""
     try:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 import stages.compat  # noqa: F401  (before torchvision)
+from stages.core.artifacts import load_torch
 import torchvision
 
 ENCODERS = ("efficientnet-lite0", "resnet18", "resnet50", "resnet101", "densenet121")
@@ -56,12 +57,7 @@ class _EfficientNetBody(nn.Module):
 
 def _load_state(model: nn.Module, path: Path) -> None:
     """Load a user's weights file whatever wrapper prefix it carries; the classifier head is ignored."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"weights file {path} not found") from None
-    except Exception as error:  # noqa: BLE001  (torch raises many kinds for a bad file)
-        raise ValueError(f"{path} is not a torch weights file ({type(error).__name__}: {error})") from None
+    state = load_torch(path, "torch weights file")
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
