@@ -1,0 +1,331 @@
+"""The generation library on tiny models: masking, causality, the KV cache, XProNet's prototype
+selection, top-k attention and contrastive loss, and greedy / beam decoding."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from stages.generation.config import GeneratorConfig
+from stages.generation.decoding import beam_search, block_repeated_trigrams, greedy
+from stages.generation.layers import sinusoid
+from stages.generation.models import ReportGenerator, build_generator
+from stages.generation.visual import VisualExtractor, cached_tokens
+from stages.generation.xpronet import TopKAttention, multilabel_contrastive
+from stages.models.image_encoders import ImageEncoder
+
+VOCAB, PATCHES, CHANNELS, GROUPS, PER_GROUP, PROTO_DIM = 20, 4, 16, 14, 4, 24
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread; on a busy machine extra intra-op threads only contend."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(model: str = "xpronet", seed: int = 0, **overrides) -> ReportGenerator:
+    torch.manual_seed(seed)
+    settings = dict(vocab_size=VOCAB, model=model, max_length=12, d_model=32, heads=4, layers=2, d_ff=64,
+                    dropout=0.1, visual_dim=CHANNELS, max_views=2, num_classes=GROUPS, protos_per_class=PER_GROUP,
+                    proto_dim=PROTO_DIM, topk=3)
+    settings.update(overrides)
+    prototypes = np.random.default_rng(seed).normal(size=(GROUPS, PER_GROUP, PROTO_DIM)) if model == "xpronet" else None
+    return build_generator(GeneratorConfig(**settings), prototypes)
+
+
+def batch(seed: int = 0, size: int = 3) -> dict[str, torch.Tensor]:
+    """Study 1 lacks its second view; reports of 6, 4 and 8 words padded to T=11; labels per study."""
+    g = torch.Generator().manual_seed(seed)
+    visual = torch.randn(size, 2 * PATCHES, CHANNELS, generator=g)
+    mask = torch.ones(size, 2 * PATCHES, dtype=torch.bool)
+    mask[1:2, PATCHES:] = False
+    targets = torch.zeros(size, 11, dtype=torch.long)
+    target_mask = torch.zeros(size, 11, dtype=torch.bool)
+    for row, words in enumerate([6, 4, 8][:size]):
+        targets[row, 1:1 + words] = torch.randint(1, VOCAB, (words,), generator=g)
+        target_mask[row, :words + 2] = True
+    labels = torch.zeros(size, GROUPS)
+    labels[0, [1, 4]] = 1
+    labels[1:2, 2] = 1
+    labels[2:, 1] = 1
+    return {"visual": visual, "visual_mask": mask, "targets": targets, "target_mask": target_mask, "labels": labels}
+
+
+def test_config_round_trip_and_validation():
+    config = GeneratorConfig(vocab_size=50, model="xpronet", d_model=64)
+    assert GeneratorConfig.from_dict(config.to_dict()) == config
+    assert (config.max_length, config.heads, config.layers, config.topk, config.con_margin) == (60, 8, 3, 15, 0.4)
+    with pytest.raises(ValueError, match="unknown generator settings"):
+        GeneratorConfig.from_dict({**config.to_dict(), "colour": 1})
+    with pytest.raises(ValueError, match="unknown generator model"):
+        build_generator(GeneratorConfig(vocab_size=50, model="r2gen"))
+    with pytest.raises(ValueError, match="divisible"):
+        build_generator(GeneratorConfig(vocab_size=50, d_model=30, heads=8))
+
+
+@pytest.mark.parametrize("model", ["base", "xpronet"])
+def test_shapes_and_padding_do_not_change_logits(model):
+    generator = tiny(model).eval()
+    inputs = batch()
+    out = generator(**inputs)
+    assert out.logits.shape == (3, 10, VOCAB)
+    assert set(out.terms) == ({"ce"} if model == "base" else {"ce", "img_con", "txt_con"})
+    assert torch.isfinite(out.loss)
+
+    changed = {k: v.clone() for k, v in inputs.items()}
+    changed["visual"][1, PATCHES:] = 1e3 * torch.randn(PATCHES, CHANNELS)  # the missing view of study 1
+    changed["targets"][~changed["target_mask"]] = torch.randint(1, VOCAB, (int((~inputs["target_mask"]).sum()),))
+    again = generator(**changed)
+    real = inputs["target_mask"][:, 1:]
+    torch.testing.assert_close(again.logits[real], out.logits[real], rtol=0, atol=1e-5)
+    torch.testing.assert_close(again.loss, out.loss, rtol=0, atol=1e-5)
+
+    with torch.no_grad():  # what marks a token as the second view never reaches study 1, which lacks it
+        generator.visual.views.weight[1] += torch.randn(32)  # (not a constant: LayerNorm would remove it)
+    moved = generator(**changed).logits
+    torch.testing.assert_close(moved[1][real[1]], out.logits[1][real[1]], rtol=0, atol=1e-5)
+    assert not torch.allclose(moved[0], out.logits[0], atol=1e-4)
+
+    changed["visual"][1, :PATCHES] += 1.0  # a real view does matter
+    assert not torch.allclose(generator(**changed).logits[1], out.logits[1], atol=1e-4)
+
+
+def test_visual_tokens_mark_patch_position_and_view():
+    generator = tiny("base").eval()
+    tokens = generator.visual
+    out = tokens(torch.zeros(1, 2 * PATCHES, CHANNELS))[0]
+    index = torch.arange(2 * PATCHES)
+    expected = tokens.project.bias + sinusoid(index % PATCHES, 32) + tokens.views.weight[index // PATCHES]
+    torch.testing.assert_close(out, expected)
+    with pytest.raises(ValueError, match="visual_dim"):
+        tokens(torch.zeros(1, 2 * PATCHES, CHANNELS + 1))
+    with pytest.raises(ValueError, match="max_views"):
+        tokens(torch.zeros(1, 2 * PATCHES + 1, CHANNELS))
+
+
+def test_decoder_is_causal():
+    generator = tiny().eval()
+    inputs = batch()
+    out = generator(**inputs)
+    later = {k: v.clone() for k, v in inputs.items()}
+    later["targets"][:, 4:] = (later["targets"][:, 4:] + 3) % VOCAB
+    changed = generator(**later).logits
+    torch.testing.assert_close(changed[:, :4], out.logits[:, :4], rtol=0, atol=1e-5)
+    assert not torch.allclose(changed[:, 4:], out.logits[:, 4:], atol=1e-4)
+
+
+def test_incremental_steps_match_the_full_forward():
+    generator = tiny().eval()
+    inputs = batch()
+    with torch.no_grad():
+        reference = torch.log_softmax(generator(**inputs).logits, dim=-1)
+        state = generator.encode(inputs["visual"], inputs["visual_mask"], inputs["labels"])
+        for t in range(1, 8):
+            prefix = inputs["targets"][:, :t]
+            torch.testing.assert_close(generator.step(state, prefix), reference[:, t - 1], rtol=0, atol=1e-4)
+            assert state.prefix.shape[1] == t and state.cache[0][0].shape[2] == t
+        other = inputs["targets"][:, :5].flip(0)  # not an extension of the cached prefix: decoded afresh
+        fresh = generator.encode(inputs["visual"], inputs["visual_mask"], inputs["labels"])
+        torch.testing.assert_close(generator.step(state.select(torch.tensor([2, 1, 0])), other),
+                                   generator.step(fresh.select(torch.tensor([2, 1, 0])), other), rtol=0, atol=1e-5)
+
+
+def test_xpronet_attends_only_the_groups_of_positive_labels():
+    generator = tiny().eval()
+    inputs = batch(size=1)  # labels: groups 1 and 4
+    out = generator(**inputs)
+    memory = generator.encode(inputs["visual"], inputs["visual_mask"], inputs["labels"]).memory[0][0]
+    rows = lambda group: slice(group * PER_GROUP, (group + 1) * PER_GROUP)  # noqa: E731
+    with torch.no_grad():
+        for group in (0, 2, 13):
+            generator.xpronet.matrix[rows(group)] += torch.randn(PER_GROUP, PROTO_DIM) * 5
+    same = generator(**inputs)
+    torch.testing.assert_close(same.logits, out.logits, rtol=0, atol=1e-6)
+    torch.testing.assert_close(same.loss, out.loss, rtol=0, atol=1e-6)
+    with torch.no_grad():
+        generator.xpronet.matrix[rows(4)] += torch.randn(PER_GROUP, PROTO_DIM) * 5
+    assert not torch.allclose(generator(**inputs).logits, out.logits, atol=1e-4)
+    # the visual side too: the decoder's memory holds the encoder output fused with its prototype response
+    changed = generator.encode(inputs["visual"], inputs["visual_mask"], inputs["labels"]).memory[0][0]
+    assert not torch.allclose(changed, memory, atol=1e-4)
+
+
+def test_selection_rule_for_no_positive_and_unknown_labels():
+    prototypes = tiny().xpronet
+    labels = torch.zeros(3, GROUPS)
+    labels[0, 3] = 1
+    labels[2, 5] = float("nan")
+    groups, known = prototypes.select(labels, 3, torch.device("cpu"))
+    assert groups[0].nonzero().flatten().tolist() == [3]
+    assert groups[1].nonzero().flatten().tolist() == [GROUPS - 1]  # nothing positive: No Finding
+    assert groups[2].all() and known.tolist() == [True, True, False]  # unknown row: every group
+    groups, known = prototypes.select(None, 2, torch.device("cpu"))
+    assert groups.all() and not known.any()
+    with pytest.raises(ValueError, match="labels of shape"):
+        prototypes.select(torch.zeros(2, 5), 2, torch.device("cpu"))
+
+
+def test_topk_attention_keeps_exactly_k_weights():
+    torch.manual_seed(0)
+    attention = TopKAttention(d_model=16, heads=2, topk=3)
+    keys, values = attention.keys_values(torch.randn(1, 10, 16))
+    mask = torch.zeros(2, 10, dtype=torch.bool)
+    mask[0] = True
+    mask[1, [2, 7]] = True  # fewer selected than k: all of them
+    _, weights = attention(torch.randn(2, 5, 16), keys, values, mask)
+    nonzero = (weights > 0).sum(-1)
+    assert (nonzero[0] == 3).all() and (nonzero[1] == 2).all()
+    assert (weights[1][..., ~mask[1]] == 0).all()
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 2, 5))
+
+
+def test_multilabel_contrastive_hand_checked():
+    a, b = [1, 0, 0, 0], [0, 1, 0, 0]
+    aligned = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0]])
+    labels = torch.tensor([a, a, b], dtype=torch.bool)
+    assert multilabel_contrastive(aligned, labels, 0.4, 1.5).item() == pytest.approx(0.0, abs=1e-6)
+    # study 1 now points away from its twin (cos 0, target 1) and onto study 2 (cos 1 > margin 0.4):
+    # ordered pairs (0,1),(1,0) cost 1 each, (1,2),(2,1) cost 0.6 each, (0,2),(2,0) nothing -> 3.2 / 6
+    violated = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    assert multilabel_contrastive(violated, labels, 0.4, 1.5).item() == pytest.approx(3.2 / 6, abs=1e-6)
+    # partial overlap: hamming 1 of 4 -> target 1.5 ** -0.25; at cos 0.6 the shortfall is paid both ways
+    partial = torch.tensor([[1, 1, 0, 0], [1, 0, 0, 0]], dtype=torch.bool)
+    pooled = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    expected = 1.5 ** -0.25 - 0.6
+    assert multilabel_contrastive(pooled, partial, 0.4, 1.5).item() == pytest.approx(expected, abs=1e-6)
+    assert multilabel_contrastive(pooled[:1], partial[:1], 0.4, 1.5).item() == 0.0
+
+
+REPORTS = [[5, 9, 2, 14, 7, 3, 11, 6, 18], [12, 4, 4, 8, 16, 1, 10]]
+
+
+@pytest.fixture(scope="module")
+def overfit() -> tuple[ReportGenerator, dict[str, torch.Tensor]]:
+    """A tiny XProNet trained (300 Adam steps) on two studies until it knows their reports by heart."""
+    generator = tiny(dropout=0.0, max_length=14)
+    targets = torch.zeros(2, 12, dtype=torch.long)
+    target_mask = torch.zeros(2, 12, dtype=torch.bool)
+    for row, words in enumerate(REPORTS):
+        targets[row, 1:1 + len(words)] = torch.tensor(words)
+        target_mask[row, :len(words) + 2] = True
+    inputs = batch(size=2)
+    inputs.update(targets=targets, target_mask=target_mask)
+    optimiser = torch.optim.Adam(generator.parameters(), lr=3e-3)
+    for _ in range(300):
+        optimiser.zero_grad()
+        generator(**inputs).loss.backward()
+        optimiser.step()
+    return generator, inputs
+
+
+def test_tiny_model_overfits_two_reports_and_both_decoders_reproduce_them(overfit):
+    generator, inputs = overfit
+    assert generator(**inputs).terms["ce"].item() < 0.05
+    args = (inputs["visual"], inputs["visual_mask"], inputs["labels"])
+    assert generator.training
+    assert greedy(generator, *args, max_length=14) == REPORTS
+    assert beam_search(generator, *args, beam_size=3, max_length=14) == REPORTS
+    assert generator.training  # decoding restores the mode it found
+
+
+@pytest.mark.parametrize("seed", [5, 7])
+def test_beam_of_one_equals_greedy(seed):
+    generator = tiny(seed=seed)
+    inputs = batch(seed=seed)
+    args = (inputs["visual"], inputs["visual_mask"], inputs["labels"])
+    expected = greedy(generator, *args, max_length=12)
+    assert beam_search(generator, *args, beam_size=1, max_length=12, block_trigrams=False) == expected
+    assert all(1 <= len(ids) <= 11 for ids in expected)
+
+
+class _State:
+    """Stateless stand-in for EncoderState."""
+
+    def repeat_interleave(self, k: int) -> "_State":
+        return self
+
+    def select(self, index: torch.Tensor) -> "_State":
+        return self
+
+
+class Cycler(nn.Module):
+    """A 'model' that wants to say 1 2 3 1 2 3 ... forever (then 4, then 5; EOS least)."""
+
+    def encode(self, visual, visual_mask, labels):
+        return _State()
+
+    def step(self, state, prefix):
+        logits = torch.tensor([-9.0, -5.0, -5.0, -5.0, -1.0, -2.0]).repeat(len(prefix), 1)
+        logits[torch.arange(len(prefix)), prefix[:, -1] % 3 + 1] = 0.0
+        return torch.log_softmax(logits, dim=-1)
+
+
+def trigrams(ids: list[int]) -> list[tuple[int, ...]]:
+    return [tuple(ids[i:i + 3]) for i in range(len(ids) - 2)]
+
+
+def test_trigram_blocking_never_repeats_a_trigram():
+    visual, mask = torch.zeros(2, 1, 1), torch.ones(2, 1, dtype=torch.bool)
+    free = beam_search(Cycler(), visual, mask, None, beam_size=3, max_length=20, block_trigrams=False)
+    assert len(set(trigrams(free[0]))) < len(trigrams(free[0]))  # the model does repeat itself
+    for beams in (1, 3):
+        for ids in beam_search(Cycler(), visual, mask, None, beam_size=beams, max_length=20):
+            assert len(ids) == 19 and len(set(trigrams(ids))) == len(trigrams(ids))
+    log_probs = torch.zeros(1, 6)
+    blocked = block_repeated_trigrams(log_probs, torch.tensor([[1, 2, 3, 1, 2]]))
+    assert torch.isinf(blocked[0, 3]) and torch.isfinite(blocked[0, [0, 1, 2, 4, 5]]).all()
+
+
+def test_beam_search_over_a_batch_equals_each_study_alone(overfit):
+    generator, inputs = overfit
+    other = batch(seed=7)  # its study 1 has one view only
+    visual = torch.cat([inputs["visual"], other["visual"][1:2]])
+    mask = torch.cat([inputs["visual_mask"], other["visual_mask"][1:2]])
+    labels = torch.cat([inputs["labels"], other["labels"][1:2]])
+    together = beam_search(generator, visual, mask, labels, max_length=14)
+    alone = [beam_search(generator, visual[i:i + 1], mask[i:i + 1], labels[i:i + 1], max_length=14)[0]
+             for i in range(3)]
+    assert together == alone
+    assert together[:2] == REPORTS
+
+
+def test_bad_prototype_shape_is_refused():
+    config = GeneratorConfig(vocab_size=VOCAB, model="xpronet", d_model=32, heads=4, num_classes=GROUPS,
+                             protos_per_class=PER_GROUP, proto_dim=PROTO_DIM)
+    build_generator(config, np.zeros((GROUPS * PER_GROUP, PROTO_DIM)))  # flattened is fine
+    for shape in [(GROUPS, PER_GROUP + 2, PROTO_DIM), (GROUPS, PER_GROUP, PROTO_DIM + 1), (GROUPS, PER_GROUP)]:
+        with pytest.raises(ValueError, match="does not fit the generator config"):
+            build_generator(config, np.zeros(shape))
+    with pytest.raises(ValueError, match="does not use them"):
+        build_generator(GeneratorConfig(vocab_size=VOCAB), np.zeros((GROUPS, PER_GROUP, PROTO_DIM)))
+
+
+def test_visual_extractor_and_cached_tokens_share_one_layout():
+    torch.manual_seed(0)
+    encoder = ImageEncoder("tiny", nn.Conv2d(3, CHANNELS, kernel_size=8, stride=8), CHANNELS)  # 16 px -> 2 x 2
+    extractor = VisualExtractor(encoder, max_views=2)
+    pixels = torch.randint(0, 256, (2, 2, 16, 16), dtype=torch.uint8)
+    view_mask = torch.tensor([[True, True], [True, False]])
+    tokens, mask = extractor(pixels, view_mask)
+    assert tokens.shape == (2, 2 * PATCHES, CHANNELS) and mask.tolist()[1] == [True] * 4 + [False] * 4
+    assert (tokens[1, PATCHES:] == 0).all()
+    torch.testing.assert_close(extractor(pixels.float() / 255, view_mask)[0], tokens)
+    one_view, one_mask = extractor(pixels[:, :1], view_mask[:, :1])  # padded up to max_views
+    torch.testing.assert_close(one_view[:, :PATCHES], tokens[:, :PATCHES])
+    assert one_mask[:, PATCHES:].sum() == 0
+
+    grid = encoder(encoder.prepare(pixels[0, 1:2].numpy())).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(tokens[0, PATCHES:], grid[0])
+    patches = tokens.view(2, 2, PATCHES, CHANNELS).half()
+    cached, cached_mask = cached_tokens(patches, view_mask)
+    assert cached.dtype == torch.float32 and torch.equal(cached_mask, mask)
+    torch.testing.assert_close(cached, tokens, rtol=1e-3, atol=1e-3)
+    out = tiny("base").eval()(tokens, mask, *[batch(size=2)[k] for k in ("targets", "target_mask")])
+    assert math.isfinite(out.loss.item())
