@@ -9,7 +9,10 @@ $(DEMO)/dataset.h5: $(DEMO)/raw/annotation.json pipelines/demo.toml
 
 demo: setup $(addprefix $(DEMO)/,$(FINAL))
 	@$(RRG) status --dataset demo --artifacts $(ART)
-	@echo "look at: $(DEMO)/preview.png (images), $(DEMO)/label_prevalence.png (labels),"
+	@cat $(DEMO)/results_test.md
+	@echo "look at: $(DEMO)/runs/xpronet/viewer_test.html (reports next to their images, in a browser),"
+	@echo "         $(DEMO)/results_test.md (every run and baseline), $(DEMO)/runs/*/curves.png (training),"
+	@echo "         $(DEMO)/adm_overlays.png (attention masks), $(DEMO)/preview.png (images),"
 	@echo "         $(DEMO)/prototypes_pca.png (prototypes), $(DEMO)/knowledge.md (retrieved knowledge)"
 
 clean-demo:

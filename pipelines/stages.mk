@@ -1,7 +1,7 @@
 # The stages after preprocessing are the same for every dataset: `%` is the dataset name and each
 # stage reads its defaults from pipelines/<dataset>.toml. Each per-dataset fragment only says how
 # its dataset.h5 is built and which final artifacts its target wants.
-FINAL := prototypes.pkl knowledge.pkl adm.h5
+FINAL := prototypes.pkl knowledge.pkl adm.h5 results_test.md
 
 $(ART)/%/labels.h5: $(ART)/%/dataset.h5
 	$(RRG) label --dataset $* --artifacts $(ART)
@@ -17,6 +17,24 @@ $(ART)/%/knowledge.pkl: $(ART)/%/features.h5 $(ART)/%/labels.h5
 
 $(ART)/%/adm.h5: $(ART)/%/dataset.h5 $(ART)/%/labels.h5
 	$(RRG) adm-masks --dataset $* --artifacts $(ART)
+
+# report generators: the plain Transformer and XProNet (conditioned on the diagnosis classifier's labels)
+$(ART)/%/runs/base/model.pt: $(ART)/%/dataset.h5 $(ART)/%/features.h5 $(ART)/%/labels.h5
+	$(RRG) train --dataset $* --artifacts $(ART) --model base
+
+$(ART)/%/runs/xpronet/model.pt: $(ART)/%/features.h5 $(ART)/%/labels.h5 $(ART)/%/prototypes.pkl $(ART)/%/adm.h5
+	$(RRG) train --dataset $* --artifacts $(ART) --model xpronet
+
+$(ART)/%/metrics_test.json: $(ART)/%/model.pt
+	$(RRG) evaluate --run $(ART)/$*
+
+# both baselines (most frequent report, nearest neighbour by image feature), scored on test
+$(ART)/%/runs/nearest-neighbour/metrics_test.json: $(ART)/%/dataset.h5 $(ART)/%/features.h5
+	$(RRG) baselines --dataset $* --artifacts $(ART)
+
+$(ART)/%/results_test.md: $(ART)/%/runs/nearest-neighbour/metrics_test.json $(ART)/%/runs/base/metrics_test.json \
+                          $(ART)/%/runs/xpronet/metrics_test.json
+	$(RRG) compare --dataset $* --artifacts $(ART) --split test
 
 # keep every intermediate artifact (make would otherwise delete files it built through a chain)
 .SECONDARY:

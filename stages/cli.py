@@ -18,6 +18,8 @@ STAGES = {
     "kmeans-init": "stages.kmeans_init",
     "build-knowledge": "stages.build_knowledge",
     "adm-masks": "stages.adm_masks",
+    "train": "stages.train",
+    "generate": "stages.generate",
     "baselines": "stages.baselines",
     "evaluate": "stages.evaluate",
     "compare": "stages.compare",
@@ -52,3 +54,7 @@ def main() -> None:
     date (use --force to rebuild). `make demo` runs the whole chain on the built-in demo dataset;
     `rrg-stage STAGE --help` explains a stage's options.
     """
+
+
+if __name__ == "__main__":  # `python -m stages.cli`, e.g. under `torchrun --nproc_per_node N -m stages.cli train ...`
+    main()

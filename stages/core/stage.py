@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import random
 import time
@@ -84,3 +85,26 @@ class StageContext:
         summary = ", ".join(f"{k}={v}" for k, v in counts.items() if not isinstance(v, (list, dict)))
         click.echo(f"[{self.stage}] wrote {output} ({summary}) in {time.time() - self.started:.1f}s")
         return manifest
+
+
+def dataclass_options(cls: type, help: dict[str, str], skip: set[str] = frozenset()) -> Callable:
+    """One `--field-name` option per field of a dataclass of hyperparameters (default None: unset).
+
+    Unset options fall back to pipelines/<dataset>.toml and then to the dataclass default, which
+    the help text shows, so every hyperparameter is an option without a hand-written list.
+    """
+
+    def decorate(func: Callable) -> Callable:
+        for f in reversed(dataclasses.fields(cls)):
+            if f.name in skip or f.default is dataclasses.MISSING:
+                continue
+            kind = type(f.default) if isinstance(f.default, (bool, int, float, str)) else str
+            text = f"{help.get(f.name, '')} [default: {f.default}]".strip()
+            if kind is bool:
+                flag = f.name.replace("_", "-")
+                func = click.option(f"--{flag}/--no-{flag}", f.name, default=None, help=text)(func)
+            else:
+                func = click.option(f"--{f.name.replace('_', '-')}", f.name, type=kind, default=None, help=text)(func)
+        return func
+
+    return decorate

@@ -1,0 +1,132 @@
+"""What report generation reads per study: its views (cached patch tokens or pixels), target ids, labels.
+
+Two visual modes share one batch layout, `views` (B, V, ...) with `view_mask` (B, V):
+- cached: each view's patch tokens from features.h5, (B, V, P, C) float32, read per batch from
+  the file (chunked per image), so a MIMIC-size feature file never has to fit in memory;
+- pixels: each view's image from dataset.h5, (B, V, S', S') float in [0, 1]: a random crop of
+  side `crop` while training and the whole image resized to `crop` otherwise (R2Gen crops 224
+  from 256 for training and resizes to 224 for testing). No horizontal flip: a report's "left"
+  and "right" would no longer match the image.
+Studies with fewer views than V are padded and masked; extra views beyond V are left out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from stages.core.errors import StageError
+from stages.data.h5dataset import DatasetFile
+
+
+@dataclass
+class Batch:
+    rows: np.ndarray            # (B,) study rows of dataset.h5
+    views: torch.Tensor         # (B, V, P, C) tokens or (B, V, S, S) pixels
+    view_mask: torch.Tensor     # (B, V) bool
+    targets: torch.Tensor       # (B, T) int64, R2Gen ids [0, w..., 0, pad 0]
+    target_mask: torch.Tensor   # (B, T) bool, BOS..EOS
+    labels: torch.Tensor        # (B, 14) float32 binary
+
+    def to(self, device: torch.device | str) -> "Batch":
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name, value in moved.items():
+            if isinstance(value, torch.Tensor):
+                moved[name] = value.to(device, non_blocking=True)
+        return Batch(**moved)
+
+
+def sorted_read(dataset: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
+    """dataset[rows] for rows in any order (HDF5 fancy indexing wants increasing, unique rows)."""
+    unique, inverse = np.unique(rows, return_inverse=True)
+    return dataset[unique][inverse]
+
+
+class StudySource:
+    """dataset.h5 (and features.h5 in cached mode) opened once; makes batches of study rows.
+
+    `labels` (n, 14) are the labels the model is conditioned on, one row per study: training
+    labels from labels.h5 for the training split, predicted ones elsewhere (the caller decides).
+    """
+
+    def __init__(self, dataset_h5: Path, labels: np.ndarray, *, features_h5: Path | None = None,
+                 max_views: int = 2, crop: int | None = None):
+        self.data = DatasetFile(dataset_h5)
+        self.labels = np.asarray(labels, dtype=np.float32)
+        if len(self.labels) != len(self.data):
+            raise StageError(f"{len(self.labels)} label rows for the {len(self.data)} studies of {dataset_h5}; "
+                             "rebuild the labels of this dataset")
+        self.max_views = max_views
+        self.crop = crop or self.data.image_size
+        if self.crop > self.data.image_size:
+            raise StageError(f"crop {self.crop} is larger than the stored images ({self.data.image_size} px)")
+        self.patches: h5py.Dataset | None = None
+        self._features: h5py.File | None = None
+        if features_h5 is not None:
+            self._features = h5py.File(features_h5, "r")
+            self.patches = self._features["images/patches"]
+            if self.patches.shape[0] != len(self.data.image_study):
+                raise StageError(f"{features_h5} has {self.patches.shape[0]} images but {dataset_h5} has "
+                                 f"{len(self.data.image_study)}; rebuild it with rrg-stage extract-features --force")
+        counts = np.minimum(self.data.image_count, max_views)
+        self.view_rows = np.full((len(self.data), max_views), -1, dtype=np.int64)
+        for v in range(max_views):
+            has = counts > v
+            self.view_rows[has, v] = self.data.image_start[has] + v
+
+    @property
+    def cached(self) -> bool:
+        return self.patches is not None
+
+    @property
+    def token_shape(self) -> tuple[int, int]:
+        """(patches per view, channels) in cached mode."""
+        assert self.patches is not None
+        return int(self.patches.shape[1]), int(self.patches.shape[2])
+
+    def rows(self, split: str) -> np.ndarray:
+        """Study rows of a split that have at least one image."""
+        return self.data.split_indices(split)[(self.view_rows[self.data.split_indices(split), 0] >= 0)]
+
+    def batch(self, rows: np.ndarray, *, train: bool = False, generator: torch.Generator | None = None) -> Batch:
+        rows = np.asarray(rows)
+        image_rows = self.view_rows[rows]
+        view_mask = image_rows >= 0
+        present = image_rows[view_mask]
+        if self.cached:
+            tokens, channels = self.token_shape
+            views = np.zeros((len(rows), self.max_views, tokens, channels), dtype=np.float32)
+            views[view_mask] = sorted_read(self.patches, present).astype(np.float32)
+            visual = torch.from_numpy(views)
+        else:
+            size = self.data.image_size
+            pixels = np.zeros((len(rows), self.max_views, size, size), dtype=np.uint8)
+            pixels[view_mask] = sorted_read(self.data.pixels, present)
+            visual = self._crop(torch.from_numpy(pixels).float().div_(255), train, generator)
+        targets = torch.from_numpy(self.data.token_ids[rows].astype(np.int64))
+        lengths = torch.from_numpy(self.data.token_len[rows].astype(np.int64))
+        target_mask = torch.arange(targets.shape[1])[None] < lengths[:, None]
+        return Batch(rows, visual, torch.from_numpy(view_mask), targets, target_mask,
+                     torch.from_numpy(self.labels[rows]))
+
+    def _crop(self, pixels: torch.Tensor, train: bool, generator: torch.Generator | None) -> torch.Tensor:
+        size, crop = pixels.shape[-1], self.crop
+        if crop == size:
+            return pixels
+        if not train:
+            b, v = pixels.shape[:2]
+            resized = F.interpolate(pixels.flatten(0, 1)[:, None], size=(crop, crop), mode="bilinear",
+                                    align_corners=False, antialias=True)
+            return resized[:, 0].unflatten(0, (b, v))
+        offsets = torch.randint(0, size - crop + 1, (pixels.shape[0], 2), generator=generator).tolist()
+        return torch.stack([study[:, r:r + crop, c:c + crop] for study, (r, c) in zip(pixels, offsets)])
+
+    def close(self) -> None:
+        self.data.close()
+        if self._features is not None:
+            self._features.close()

@@ -1,0 +1,246 @@
+"""The training loop: epochs over shuffled studies, validation decoding, checkpoint selection, resuming.
+
+A run directory holds
+  last.pt      everything needed to continue: weights, optimizer, scheduler, RNG states, position
+               in the epoch; written every `checkpoint_every` steps and at each epoch's end
+  best.pt      the weights of the epoch with the best validation score (validation only)
+  log.jsonl    one line per logged training window and per epoch
+  curves.png   training loss and validation score per epoch
+  predictions_val.csv  the best epoch's validation reports
+A run cut short (killed, Ctrl-C, a lost machine) continues from last.pt and ends bit-identical to
+one that was never interrupted: the epoch's permutation depends on (seed, epoch) only and the
+random states are saved with the position.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from stages.evaluation.clinical import binary_labels, ce_scores, load_labeler
+from stages.evaluation.nlg import as_captions, bleu, cider, rouge_l
+from stages.evaluation.runs import write_predictions
+from stages.text.vocab import Vocabulary
+from stages.training.data import StudySource
+from stages.training.distributed import Dist, epoch_order
+from stages.training.model import ReportModel
+
+
+
+def clinical_f1(gts: dict[str, list[str]], res: dict[str, list[str]]) -> float:
+    """CE micro-F1 over the 14 observations with the rules labeler (fast enough for every epoch)."""
+    labeler = load_labeler("rules")[0]
+    ids = sorted(gts)
+    return ce_scores(binary_labels(labeler, [gts[i][0] for i in ids]),
+                     binary_labels(labeler, [res[i][0] for i in ids]))["micro"]["f1"]
+
+
+# validation metrics logged every epoch; --monitor picks the one that selects best.pt
+MONITORS: dict[str, Callable[[dict, dict], float]] = {
+    "bleu4": lambda gts, res: bleu(gts, res)["BLEU_4"],
+    "bleu1": lambda gts, res: bleu(gts, res)["BLEU_1"],
+    "cider": cider,
+    "rouge_l": rouge_l,
+    "ce_f1": clinical_f1,
+}
+
+
+@dataclass
+class TrainOptions:
+    """Optimisation and selection options (reference: R2Gen / XProNet on IU X-Ray)."""
+
+    epochs: int = 30
+    batch_size: int = 16
+    lr_visual: float = 1e-3
+    lr: float = 2e-3
+    weight_decay: float = 5e-5
+    step_size: int = 10
+    gamma: float = 0.8
+    grad_clip: float = 0.1
+    monitor: str = "bleu4"
+    val_beam_size: int = 3
+    checkpoint_every: int = 200
+    seed: int = 0
+
+
+def _save(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def decode_split(model: ReportModel, source: StudySource, rows: np.ndarray, vocab: Vocabulary, *,
+                 beam_size: int, max_length: int, batch_size: int, desc: str = "decoding") -> dict[str, str]:
+    """{study id: generated report} for the given study rows (beam search, or greedy with beam 1)."""
+    out: dict[str, str] = {}
+    model.eval()
+    for start in tqdm(range(0, len(rows), batch_size), desc=desc, unit="batch", leave=False):
+        batch = source.batch(rows[start:start + batch_size]).to(model.device)
+        for row, ids in zip(batch.rows, model.generate(batch, beam_size=beam_size, max_length=max_length)):
+            out[source.data.ids[row]] = vocab.decode(ids)
+    return out
+
+
+class Trainer:
+    def __init__(self, model: ReportModel, source: StudySource, vocab: Vocabulary, options: TrainOptions,
+                 run_dir: Path, context: Dist, *, max_length: int, header: dict[str, Any],
+                 log: Callable[[str], None] = tqdm.write):
+        self.model, self.source, self.vocab, self.options = model, source, vocab, options
+        self.run_dir, self.context, self.max_length, self.header, self.log = run_dir, context, max_length, header, log
+        if options.monitor not in MONITORS:
+            raise ValueError(f"--monitor must be one of {sorted(MONITORS)}, not {options.monitor!r}")
+        self.train_rows, self.val_rows = source.rows("train"), source.rows("val")
+        visual = [p for p in model.visual_parameters() if p.requires_grad]
+        ids = {id(p) for p in visual}
+        rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+        groups = [{"params": rest, "lr": options.lr}] + ([{"params": visual, "lr": options.lr_visual}] if visual else [])
+        self.optimizer = torch.optim.Adam(groups, weight_decay=options.weight_decay, amsgrad=True)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, options.step_size, options.gamma)
+        self.net: torch.nn.Module = model
+        if context.active:
+            self.net = DistributedDataParallel(model, device_ids=[model.device] if model.device.type == "cuda" else None)
+        self.state: dict[str, Any] = {"epoch": 0, "step": 0, "best_score": -math.inf, "best_epoch": 0, "history": []}
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def _checkpoint(self, generator: torch.Generator) -> dict[str, Any]:
+        return {"header": self.header, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "state": self.state,
+                "rng": {"torch": torch.get_rng_state(), "generator": generator.get_state(),
+                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}}
+
+    def resume(self) -> dict[str, Any] | None:
+        """Load last.pt when it was written by the same job (same header); return its RNG states."""
+        path = self.run_dir / "last.pt"
+        if not path.exists():
+            return None
+        saved = torch.load(path, map_location=self.model.device, weights_only=False)
+        if saved.get("header") != self.header:
+            raise ValueError(f"{path} belongs to a run with other options or inputs; use another --name, or "
+                             "--force to start this run again")
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.state = saved["state"]
+        self.log(f"resuming after epoch {self.state['epoch']}, step {self.state['step']}")
+        return saved["rng"]
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.context.main:
+            with open(self.run_dir / "log.jsonl", "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+    # -- the loop --------------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        options, context = self.options, self.context
+        rng = self.resume()
+        for epoch in range(self.state["epoch"], options.epochs):
+            generator = torch.Generator().manual_seed(options.seed * 1_000_003 + epoch)
+            torch.manual_seed(options.seed * 1_000_003 + epoch + context.rank)
+            if rng is not None and self.state["step"] > 0:  # resume inside the epoch's random streams
+                torch.set_rng_state(rng["torch"].cpu())
+                generator.set_state(rng["generator"].cpu())
+                if rng["cuda"]:
+                    torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+            rng = None
+            self._train_epoch(epoch, generator)
+            self.scheduler.step()
+            self._end_epoch(epoch, generator)
+        return self.state
+
+    def _train_epoch(self, epoch: int, generator: torch.Generator) -> None:
+        options = self.options
+        order = epoch_order(self.train_rows, options.seed, epoch, self.context)
+        steps = -(-len(order) // options.batch_size)
+        self.net.train()
+        bar = tqdm(range(self.state["step"], steps), desc=f"epoch {epoch + 1}/{options.epochs}", unit="step",
+                   leave=False, disable=not self.context.main, initial=self.state["step"], total=steps)
+        window: list[dict[str, float]] = []
+        for step in bar:
+            rows = order[step * options.batch_size:(step + 1) * options.batch_size]
+            batch = self.source.batch(rows, train=True, generator=generator).to(self.model.device)
+            output = self.net(batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            output.loss.backward()
+            if options.grad_clip > 0:
+                torch.nn.utils.clip_grad_value_(self.model.parameters(), options.grad_clip)
+            self.optimizer.step()
+            window.append({"loss": output.loss.item(), **{k: v.item() for k, v in output.terms.items()}})
+            self.state["step"] = step + 1
+            bar.set_postfix(loss=f"{np.mean([w['loss'] for w in window[-20:]]):.3f}")
+            if self.state["step"] % options.checkpoint_every == 0 and self.state["step"] < steps:
+                self._flush(epoch, window)
+                window = []
+                if self.context.main:
+                    _save(self.run_dir / "last.pt", self._checkpoint(generator))
+        bar.close()
+        self._flush(epoch, window)
+
+    def _flush(self, epoch: int, window: list[dict[str, float]]) -> None:
+        if window:
+            means = {k: self.context.mean(float(np.mean([w[k] for w in window]))) for k in window[0]}
+            self._log({"event": "train", "epoch": epoch + 1, "step": self.state["step"], **means})
+            self.state.setdefault("epoch_losses", []).append((len(window), means["loss"]))
+
+    def _end_epoch(self, epoch: int, generator: torch.Generator) -> None:
+        options = self.options
+        losses = self.state.pop("epoch_losses", [])
+        train_loss = sum(n * loss for n, loss in losses) / max(sum(n for n, _ in losses), 1)
+        record: dict[str, Any] = {"event": "epoch", "epoch": epoch + 1, "train_loss": train_loss,
+                                  "lr": self.optimizer.param_groups[0]["lr"]}
+        if self.context.main:
+            started = time.time()
+            predictions = decode_split(self.model, self.source, self.val_rows, self.vocab,
+                                       beam_size=options.val_beam_size, max_length=self.max_length,
+                                       batch_size=max(options.batch_size, 16), desc="validation")
+            references = [self.vocab.decode(self.source.data.token_ids[r][1:]) for r in self.val_rows]
+            gts, res = as_captions(references, [predictions[self.source.data.ids[r]] for r in self.val_rows])
+            scores = {name: float(metric(gts, res)) for name, metric in MONITORS.items()}
+            score = scores[options.monitor]
+            record.update({f"val_{name}": value for name, value in scores.items()})
+            record["val_seconds"] = round(time.time() - started, 1)
+            self.log(f"epoch {epoch + 1}/{options.epochs}: train loss {train_loss:.4f}, val "
+                     + ", ".join(f"{name} {value:.4f}" for name, value in scores.items())
+                     + f" (selecting on {options.monitor})")
+            if score > self.state["best_score"]:
+                self.state.update(best_score=score, best_epoch=epoch + 1)
+                _save(self.run_dir / "best.pt", {"header": self.header, "model": self.model.state_dict(),
+                                                 "epoch": epoch + 1, f"val_{options.monitor}": score})
+                write_predictions(self.run_dir / "predictions_val.csv", predictions)
+        self.state["history"].append(record)
+        self.state.update(epoch=epoch + 1, step=0)
+        self._log(record)
+        if self.context.main:
+            _save(self.run_dir / "last.pt", self._checkpoint(generator))
+            plot_curves(self.state["history"], options.monitor, self.run_dir / "curves.png")
+        self.context.barrier()
+
+
+def plot_curves(history: list[dict[str, Any]], monitor: str, path: Path) -> None:
+    """Training loss and validation score per epoch, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
+    left.plot(epochs, [h["train_loss"] for h in history], marker="o")
+    left.set(xlabel="epoch", ylabel="training loss", title="training")
+    right.plot(epochs, [h.get(f"val_{monitor}", float("nan")) for h in history], marker="o", color="tab:green")
+    right.set(xlabel="epoch", ylabel=monitor, title=f"validation {monitor} (selects best.pt)")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)

@@ -1,0 +1,211 @@
+"""Training, resuming, DDP, generation and evaluation of trained runs, on a tiny demo chain."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from stages.cli import main
+from stages.evaluation.nlg import NlgScorer
+from stages.training.distributed import Dist, epoch_order
+from stages.training.model import load_model
+
+needs_demo = pytest.mark.skipif(importlib.util.find_spec("torchxrayvision") is None,
+                                reason="the demo's report text ships in torchxrayvision's wheel (make setup installs it)")
+# a generator small enough to train in seconds; every size option is a real CLI option
+TINY = ("--d-model", 32, "--heads", 2, "--layers", 1, "--d-ff", 64, "--batch-size", 4, "--val-beam-size", 2,
+        "--protos-per-class", 4, "--topk", 3)
+
+
+def invoke(*args, code=0):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == code, result.output
+    return result.output
+
+
+def train(art: Path, *extra, code=0) -> str:
+    return invoke("train", "--dataset", "demo", "--artifacts", art, *TINY, *extra, code=code)
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    wa, wb = weights(a), weights(b)
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory) -> Path:
+    """36 demo studies at 64 px with every input a trainer reads: dataset, labels, features,
+    prototypes (4 per group) and a one-epoch diagnosis classifier."""
+    if importlib.util.find_spec("torchxrayvision") is None:
+        pytest.skip("the demo's report text ships in torchxrayvision's wheel")
+    art = tmp_path_factory.mktemp("train") / "art"
+    invoke("make-demo", "--out", art / "demo" / "raw", "--n-studies", 36, "--size", 64, "--workers", 1)
+    invoke("preprocess", "--dataset", "demo", "--root", art / "demo" / "raw", "--artifacts", art, "--workers", 1,
+           "--image-size", 64)
+    invoke("label", "--dataset", "demo", "--artifacts", art)
+    invoke("extract-features", "--dataset", "demo", "--artifacts", art, "--input-size", 64, "--batch-size", 32)
+    invoke("kmeans-init", "--dataset", "demo", "--artifacts", art, "--per-group", 4)
+    invoke("adm-masks", "--dataset", "demo", "--artifacts", art, "--epochs", 1, "--batch-size", 16)
+    return art
+
+
+def copy_chain(chain: Path, dest: Path) -> Path:
+    shutil.copytree(chain / "demo", dest / "demo", ignore=shutil.ignore_patterns("runs"))
+    return dest
+
+
+def test_epoch_order_splits_one_permutation_across_processes():
+    rows = np.arange(10) * 3
+    alone = epoch_order(rows, seed=1, epoch=2, context=Dist())
+    assert sorted(alone) == sorted(rows) and not np.array_equal(alone, rows)
+    assert np.array_equal(alone, epoch_order(rows, 1, 2, Dist()))
+    assert not np.array_equal(alone, epoch_order(rows, 1, 3, Dist()))
+    shares = [epoch_order(rows, 1, 2, Dist(rank, 3)) for rank in range(3)]
+    assert [len(s) for s in shares] == [4, 4, 4]  # padded so every process takes the same steps
+    assert set(np.concatenate(shares)) == set(rows)
+    assert np.array_equal(np.stack(shares, 1).ravel()[:10], alone)
+
+
+@needs_demo
+def test_train_writes_a_selected_self_contained_run(chain):
+    output = train(chain, "--model", "base", "--name", "base", "--epochs", 2)
+    run = chain / "demo" / "runs" / "base"
+    assert "1 process(es) on cpu" in output
+    for name in ("model.pt", "run.json", "log.jsonl", "curves.png", "predictions_val.csv", "last.pt", "best.pt"):
+        assert (run / name).exists(), name
+    info = json.loads((run / "run.json").read_text())
+    assert info["selected_on"] == "val bleu4" and info["oracle"] is False and info["best_epoch"] in (1, 2)
+    epochs = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    epochs = [e for e in epochs if e["event"] == "epoch"]
+    assert [e["epoch"] for e in epochs] == [1, 2] and all("val_bleu4" in e for e in epochs)
+    saved = load_model(run / "model.pt")
+    assert saved.config.d_model == 32 and saved.model.visual.mode == "cached"
+    assert "up to date" in train(chain, "--model", "base", "--name", "base", "--epochs", 2)
+    # other options for the same run name: the stale last.pt is refused, never silently mixed in
+    (run / "model.pt").unlink()
+    assert "other options or inputs" in train(chain, "--model", "base", "--name", "base", "--epochs", 3, code=1)
+
+
+@needs_demo
+def test_killed_mid_epoch_resumes_to_the_same_weights(chain, tmp_path):
+    """A process SIGKILLed inside epoch 2 continues from last.pt and ends bit-identical to an
+    uninterrupted run (which also shows that training is deterministic under a seed)."""
+    args = ["--model", "xpronet", "--epochs", 3, "--checkpoint-every", 2, "--oracle-labels"]
+    whole = copy_chain(chain, tmp_path / "whole")
+    train(whole, *args)
+    cut = copy_chain(chain, tmp_path / "cut")
+    # the 10th batch read (epoch 2 of 8 training batches; last.pt saved at its step 2) kills the process
+    script = (
+        "import os, signal, sys\n"
+        "from stages.training.data import StudySource\n"
+        "from stages.cli import main\n"
+        "read, calls = StudySource.batch, []\n"
+        "def batch(self, rows, train=False, generator=None):\n"
+        "    if train:\n"
+        "        calls.append(1)\n"
+        "        if len(calls) == 11:\n"
+        "            os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return read(self, rows, train=train, generator=generator)\n"
+        "StudySource.batch = batch\n"
+        "main(sys.argv[1:])\n")
+    command = [sys.executable, "-c", script, "train", "--dataset", "demo", "--artifacts", str(cut),
+               *map(str, TINY), *map(str, args)]
+    killed = subprocess.run(command, capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr
+    run = cut / "demo" / "runs" / "xpronet"
+    assert not (run / "model.pt").exists()
+    state = torch.load(run / "last.pt", map_location="cpu", weights_only=False)["state"]
+    assert (state["epoch"], state["step"]) in ((1, 2), (1, 4), (1, 6))
+    output = train(cut, *args)
+    assert "resuming after epoch 1, step" in output
+    assert same_weights(whole / "demo/runs/xpronet/model.pt", run / "model.pt")
+    other_seed = copy_chain(chain, tmp_path / "seed")
+    invoke("train", "--dataset", "demo", "--artifacts", other_seed, "--seed", 1, *TINY, *args)
+    assert not same_weights(whole / "demo/runs/xpronet/model.pt", other_seed / "demo/runs/xpronet/model.pt")
+
+
+@needs_demo
+def test_torchrun_trains_with_two_gloo_processes(chain, tmp_path):
+    art = copy_chain(chain, tmp_path)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "stages.cli", "train",
+                             "--dataset", "demo", "--artifacts", str(art), *map(str, TINY), "--model", "base",
+                             "--epochs", "2"], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "2 process(es) on cpu" in result.stdout
+    run = art / "demo" / "runs" / "base"
+    epochs = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()
+              if json.loads(line)["event"] == "epoch"]
+    assert [e["epoch"] for e in epochs] == [1, 2]  # rank 0 alone writes
+    assert load_model(run / "model.pt").config.d_model == 32
+
+
+@needs_demo
+def test_xpronet_is_conditioned_on_the_classifier_unless_flagged(chain):
+    train(chain, "--model", "xpronet", "--name", "xpronet", "--epochs", 1)
+    run = chain / "demo" / "runs" / "xpronet"
+    info = json.loads((run / "run.json").read_text())
+    assert info["oracle"] is False and "diagnosis.pt" in info["labels"]
+    manifest = json.loads((run / "model.pt.meta.json").read_text())
+    assert {"adm", "diagnosis", "prototypes"} <= set(manifest["inputs"])
+    train(chain, "--model", "xpronet", "--name", "oracle", "--epochs", 1, "--oracle-labels")
+    assert "ORACLE" in json.loads((chain / "demo/runs/oracle/run.json").read_text())["labels"]
+
+
+@needs_demo
+def test_end_to_end_visual_mode_trains_the_encoder(chain, tmp_path):
+    art = copy_chain(chain, tmp_path)
+    train(art, "--model", "base", "--epochs", 1, "--visual", "end-to-end", "--weights", "random", "--crop", 56)
+    saved = load_model(art / "demo/runs/base/model.pt")
+    assert saved.model.visual.mode == "end-to-end" and saved.model.visual.input_size == 56
+    assert saved.model.extractor is not None
+
+
+@needs_demo
+def test_generate_reads_files_folders_and_csv_and_names_bad_files(chain, tmp_path):
+    train(chain, "--model", "xpronet", "--name", "xpronet", "--epochs", 1)
+    run = chain / "demo" / "runs" / "xpronet"
+    study = next(p for p in sorted((chain / "demo" / "raw" / "images").iterdir()) if p.is_dir())
+    views = sorted(study.iterdir())
+    output = invoke("generate", "--run", run, views[0], study)
+    assert f"== {views[0].stem}" in output and f"== {study.name}" in output and "predicted findings" in output
+    table = tmp_path / "studies.csv"
+    table.write_text("id,image_path\n" + "".join(f"s1,{v}\n" for v in views))
+    out = tmp_path / "reports.csv"
+    invoke("generate", "--run", run, table, "--output", out, "--beam-size", 1)
+    assert out.read_text().startswith("id,report\ns1,")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "fine.png")
+    output = invoke("generate", "--run", run, tmp_path / "fine.png", broken, code=1)
+    assert str(broken) in output and "nothing was generated" in output
+    assert "does not exist" in invoke("generate", "--run", run, tmp_path / "absent.png", code=1)
+
+
+@needs_demo
+def test_evaluate_run_decodes_every_test_study(chain, monkeypatch):
+    monkeypatch.setattr(NlgScorer, "meteor", lambda self, gts, res: 0.5)  # no Java needed here
+    train(chain, "--model", "base", "--name", "base", "--epochs", 2)
+    run = chain / "demo" / "runs" / "base"
+    invoke("evaluate", "--run", run)
+    metrics = json.loads((run / "metrics_test.json").read_text())
+    predictions = (run / "predictions_test.csv").read_text().splitlines()
+    assert metrics["n_studies"] == len(predictions) - 1 > 0
+    assert metrics["oracle"] is False and metrics["decoding"]["beam_size"] == 2
+    assert (run / "viewer_test.html").exists()
