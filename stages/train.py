@@ -124,7 +124,7 @@ def command(ctx: StageContext, model_name: str, name: str | None, visual: str | 
         run_options = {"model": model_name, "visual": dataclasses.asdict(spec), "train": dataclasses.asdict(train_options),
                        "generator": config.to_dict(), "oracle_labels": oracle_labels, "labels": label_source}
         model_pt = run_dir / "model.pt"
-        if context.main and ctx.up_to_date([model_pt], run_options, inputs):
+        if ctx.up_to_date([model_pt], run_options, inputs):  # every rank asks, so all of them stop together
             return
         if ctx.force and context.main and run_dir.exists():
             shutil.rmtree(run_dir)

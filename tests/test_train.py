@@ -144,11 +144,13 @@ def test_torchrun_trains_with_two_gloo_processes(chain, tmp_path):
     art = copy_chain(chain, tmp_path)
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "stages.cli", "train",
-                             "--dataset", "demo", "--artifacts", str(art), *map(str, TINY), "--model", "base",
-                             "--epochs", "2"], capture_output=True, text=True, env=env, timeout=600)
+    command = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "stages.cli", "train", "--dataset",
+               "demo", "--artifacts", str(art), *map(str, TINY), "--model", "base", "--epochs", "2"]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "2 process(es) on cpu" in result.stdout
+    again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)  # no rank left waiting
+    assert again.returncode == 0 and "up to date" in again.stdout, again.stderr[-3000:]
     run = art / "demo" / "runs" / "base"
     epochs = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()
               if json.loads(line)["event"] == "epoch"]
