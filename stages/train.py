@@ -38,6 +38,16 @@ HELP = {
     "val_beam_size": "Beam size when decoding the validation split (1: greedy).",
     "checkpoint_every": "Also save last.pt every this many steps inside an epoch (for resuming).",
 }
+GENERATOR_HELP = {
+    "d_model": "Width of the encoder and decoder.", "heads": "Attention heads.",
+    "layers": "Layers of the encoder and of the decoder.", "d_ff": "Width of the feed-forward blocks.",
+    "dropout": "Dropout.", "protos_per_class": "XProNet: prototypes per label group (prototypes.pkl's group size).",
+    "topk": "XProNet: prototypes each query keeps per head.",
+    "img_con_weight": "XProNet: weight of the image-side contrastive loss.",
+    "txt_con_weight": "XProNet: weight of the text-side contrastive loss.",
+    "con_margin": "XProNet: similarity that pairs without a shared label are pushed below.",
+    "con_base": "XProNet: pairs sharing labels aim at similarity con_base ** -(hamming / 14).",
+}
 
 
 def _labels(ctx: StageContext, model: str, oracle: bool, labels_h5: Path, n: int, splits: np.ndarray,
@@ -70,7 +80,7 @@ def _labels(ctx: StageContext, model: str, oracle: bool, labels_h5: Path, n: int
                    "classifier. Recorded in run.json and every metrics file.")
 @click.option("--device", default="cuda" if torch.cuda.is_available() else "cpu", show_default=True)
 @dataclass_options(TrainOptions, HELP, skip={"seed"})
-@dataclass_options(GeneratorConfig, {}, skip=DERIVED)
+@dataclass_options(GeneratorConfig, GENERATOR_HELP, skip=DERIVED)
 def command(ctx: StageContext, model_name: str, name: str | None, visual: str | None, image_encoder: str | None,
             weights: str | None, crop: int | None, oracle_labels: bool, device: str, **hyper: Any) -> None:
     """Train a report generator; the checkpoint is selected on the validation split only.
@@ -138,8 +148,9 @@ def command(ctx: StageContext, model_name: str, name: str | None, visual: str | 
                    f"trainable parameters, {mode} visual tokens) on {len(source.rows('train'))} training studies; "
                    f"selecting on {len(source.rows('val'))} validation studies by {train_options.monitor}; "
                    f"{context.world} process(es) on {context.device}")
-        trainer = Trainer(model, source, vocab, train_options, run_dir, context, max_length=max_length, header=header)
         try:
+            trainer = Trainer(model, source, vocab, train_options, run_dir, context, max_length=max_length,
+                              header=header)
             state = trainer.fit()
         except ValueError as error:
             raise StageError(str(error)) from None

@@ -99,7 +99,7 @@ def dataclass_options(cls: type, help: dict[str, str], skip: set[str] = frozense
             if f.name in skip or f.default is dataclasses.MISSING:
                 continue
             kind = type(f.default) if isinstance(f.default, (bool, int, float, str)) else str
-            text = f"{help.get(f.name, '')} [default: {f.default}]".strip()
+            text = f"{help.get(f.name, '')} [default: {f.default}, or the dataset's pipelines/<dataset>.toml]".strip()
             if kind is bool:
                 flag = f.name.replace("_", "-")
                 func = click.option(f"--{flag}/--no-{flag}", f.name, default=None, help=text)(func)
