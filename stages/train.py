@@ -50,7 +50,7 @@ GENERATOR_HELP = {
 }
 
 
-def _labels(ctx: StageContext, model: str, oracle: bool, labels_h5: Path, n: int, splits: np.ndarray,
+def _labels(ctx: StageContext, model: str, oracle: bool, labels_h5: Path, splits: np.ndarray,
             image_study: np.ndarray) -> tuple[np.ndarray, dict[str, Path], str]:
     """Conditioning labels per study, the inputs they came from, and how val/test labels were made."""
     with h5py.File(labels_h5, "r") as h5:
@@ -113,7 +113,7 @@ def command(ctx: StageContext, model_name: str, name: str | None, visual: str | 
         with h5py.File(dataset_h5, "r") as h5:
             splits, image_study = h5["studies/split"].asstr()[:], h5["images/study"][:]
             image_size, max_length = int(h5["images/pixels"].shape[-1]), int(h5["studies/token_ids"].shape[1])
-        labels, label_inputs, label_source = _labels(ctx, model_name, oracle_labels, labels_h5, len(splits), splits,
+        labels, label_inputs, label_source = _labels(ctx, model_name, oracle_labels, labels_h5, splits,
                                                      image_study)
         inputs.update(label_inputs)
         feature_attrs = read_manifest(features_h5)["options"] if features_h5 is not None else {}
