@@ -12,16 +12,12 @@ Usage: python bench/evaluate.py [--repeats 3] [--studies 590]
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
-import platform
 import statistics
 import subprocess
 import time
-from pathlib import Path
 
 import numpy as np
+from common import machine, write_results
 
 from stages.data.openi import iter_reports_tgz, torchxrayvision_reports
 from stages.evaluation.clinical import binary_labels, ce_scores, load_labeler
@@ -30,9 +26,6 @@ from stages.evaluation.references import References, clean_prediction, r2gen_ref
 from stages.evaluation.score import evaluate
 from stages.text.clean import clean_report
 from stages.text.vocab import Vocabulary
-
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "bench" / "results" / "evaluate.json"
 
 
 def test_split(n_studies: int, seed: int = 0) -> tuple[References, dict[str, str]]:
@@ -94,10 +87,7 @@ def main() -> None:
              "evaluate_total")
     medians = {part: round(statistics.median(run[part] for run in runs), 3) for part in parts}
     results = {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(), "load_average_1min": round(os.getloadavg()[0], 2),
-        "python": platform.python_version(), "java": java_version(),
+        **machine(), "java": java_version(),
         "studies": len(references.ids), "repeats": args.repeats, "labeler": "rules",
         "median_s": medians, "runs_s": [{part: round(run[part], 3) for part in parts} for run in runs],
         "metrics_of_shuffled_pairing": runs[0]["metrics"],
@@ -106,9 +96,7 @@ def main() -> None:
           f"load average {results['load_average_1min']})")
     for part in parts:
         print(f"  {part:24s} {medians[part]:7.2f} s")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nwrote {RESULTS.relative_to(REPO)}")
+    write_results("evaluate", results)
 
 
 if __name__ == "__main__":

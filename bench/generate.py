@@ -10,18 +10,13 @@ Usage: python bench/generate.py [--run artifacts/demo/runs/xpronet] [--repeats 3
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
-from stages.training.inference import Decoding, split_predictions
+from common import REPO, machine, write_results
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "bench" / "results" / "generate.json"
+from stages.training.inference import Decoding, split_predictions
 
 
 def main() -> None:
@@ -50,10 +45,7 @@ def main() -> None:
     ratio = round(per_s["beam3_batched"] / per_s["beam3_one_at_a_time"], 2)
     identical = reports["beam3_batched"] == reports["beam3_one_at_a_time"]
     results = {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(), "load_average_1min": round(os.getloadavg()[0], 2), "device": args.device,
-        "python": platform.python_version(), "run": str(args.run.relative_to(REPO) if args.run.is_absolute()
+        **machine(), "device": args.device, "run": str(args.run.relative_to(REPO) if args.run.is_absolute()
                                                        and REPO in args.run.parents else args.run),
         "split": args.split, "studies": studies, "batch_size": args.batch_size, "repeats": args.repeats,
         "median_reports_per_s": per_s, "batched_over_one_at_a_time": ratio,
@@ -63,9 +55,7 @@ def main() -> None:
     for name, value in per_s.items():
         print(f"  {name:20s} {value:7.2f} reports/s")
     print(f"  batched / one at a time: {ratio}x; identical reports: {identical}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nwrote {RESULTS.relative_to(REPO)}")
+    write_results("generate", results)
 
 
 if __name__ == "__main__":

@@ -10,10 +10,8 @@ Usage: python bench/label.py [--repeats 5] [--chexbert-reports 32]
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -25,11 +23,11 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from common import machine, write_results  # noqa: E402
 from stages.labeling.rules import RuleLabeler  # noqa: E402
 
 IU_ANNOTATION = REPO.parent / "shared" / "data" / "iu_xray" / "annotation.json"
 GOLD = REPO / "tests" / "data" / "labeler_gold.jsonl"
-RESULTS = REPO / "bench" / "results" / "label.json"
 
 
 def median_rate(run, n_reports: int, repeats: int) -> tuple[float, list[float]]:
@@ -84,14 +82,7 @@ def main() -> None:
     parser.add_argument("--chexbert-repeats", type=int, default=3)
     args = parser.parse_args()
 
-    results: dict = {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-    }
+    results: dict = {**machine(), "torch": torch.__version__}
     rows = []
     if IU_ANNOTATION.is_file():
         annotation = json.loads(IU_ANNOTATION.read_text())
@@ -111,9 +102,7 @@ def main() -> None:
     print(f"\n{'labeler':36s} {'batch':>5s} {'reports':>8s} {'reports/s':>10s}")
     for name, batch, n, rate in rows:
         print(f"{name:36s} {batch:>5s} {n:8d} {rate:10.1f}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nwrote {RESULTS.relative_to(REPO)}")
+    write_results("label", results)
 
 
 if __name__ == "__main__":

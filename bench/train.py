@@ -13,19 +13,15 @@ Usage: python bench/train.py [--repeats 3] [--steps 8] [--batch-size 16] [--devi
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import resource
 import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "bench" / "results" / "train.json"
+from common import machine, write_results
+
 MODES = ("cached", "end-to-end")
 
 
@@ -102,10 +98,7 @@ def main() -> None:
                for mode in MODES}
     ratio = round(medians["cached"]["steps_per_s"] / medians["end-to-end"]["steps_per_s"], 2)
     results = {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(), "load_average_1min": round(os.getloadavg()[0], 2), "device": args.device,
-        "python": platform.python_version(), "model": "xpronet, d_model 512, 3+3 layers, 14 x 20 prototypes",
+        **machine(), "device": args.device, "model": "xpronet, d_model 512, 3+3 layers, 14 x 20 prototypes",
         "batch_size": args.batch_size, "views": 2, "image_side": args.size, "tokens": 60, "steps": args.steps,
         "repeats": args.repeats, "median": medians, "cached_over_end_to_end": ratio, "runs": runs,
         "peak_memory": "peak CUDA allocation" if args.device.startswith("cuda") else "peak resident set of the process",
@@ -116,9 +109,7 @@ def main() -> None:
         print(f"  {mode:10s} {medians[mode]['steps_per_s']:7.3f} steps/s  {medians[mode]['studies_per_s']:7.2f} "
               f"studies/s  peak {medians[mode]['peak_mb']:7.0f} MB")
     print(f"  cached / end-to-end: {ratio}x")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nwrote {RESULTS.relative_to(REPO)}")
+    write_results("train", results)
 
 
 if __name__ == "__main__":
