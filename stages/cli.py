@@ -19,6 +19,7 @@ STAGES = {
     "build-knowledge": "stages.build_knowledge",
     "adm-masks": "stages.adm_masks",
     "train": "stages.train",
+    "distill": "stages.distill",
     "generate": "stages.generate",
     "baselines": "stages.baselines",
     "evaluate": "stages.evaluate",

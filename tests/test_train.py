@@ -2,71 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 
-from stages.cli import main
+from conftest import TINY, copy_chain, invoke, needs_demo, run_killed, same_weights, train  # tests/ is on sys.path under pytest
 from stages.evaluation.nlg import NlgScorer
 from stages.training.distributed import Dist, epoch_order
 from stages.training.model import load_model
-
-needs_demo = pytest.mark.skipif(importlib.util.find_spec("torchxrayvision") is None,
-                                reason="the demo's report text ships in torchxrayvision's wheel (make setup installs it)")
-# a generator small enough to train in seconds; every size option is a real CLI option
-TINY = ("--d-model", 32, "--heads", 2, "--layers", 1, "--d-ff", 64, "--batch-size", 4, "--val-beam-size", 2,
-        "--protos-per-class", 4, "--topk", 3)
-
-
-def invoke(*args, code=0):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert result.exit_code == code, result.output
-    return result.output
-
-
-def train(art: Path, *extra, code=0) -> str:
-    return invoke("train", "--dataset", "demo", "--artifacts", art, *TINY, *extra, code=code)
-
-
-def weights(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-
-
-def same_weights(a: Path, b: Path) -> bool:
-    wa, wb = weights(a), weights(b)
-    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
-
-
-@pytest.fixture(scope="module")
-def chain(tmp_path_factory) -> Path:
-    """36 demo studies at 64 px with every input a trainer reads: dataset, labels, features,
-    prototypes (4 per group) and a one-epoch diagnosis classifier."""
-    if importlib.util.find_spec("torchxrayvision") is None:
-        pytest.skip("the demo's report text ships in torchxrayvision's wheel")
-    art = tmp_path_factory.mktemp("train") / "art"
-    invoke("make-demo", "--out", art / "demo" / "raw", "--n-studies", 36, "--size", 64, "--workers", 1)
-    invoke("preprocess", "--dataset", "demo", "--root", art / "demo" / "raw", "--artifacts", art, "--workers", 1,
-           "--image-size", 64)
-    invoke("label", "--dataset", "demo", "--artifacts", art)
-    invoke("extract-features", "--dataset", "demo", "--artifacts", art, "--input-size", 64, "--batch-size", 32)
-    invoke("kmeans-init", "--dataset", "demo", "--artifacts", art, "--per-group", 4)
-    invoke("adm-masks", "--dataset", "demo", "--artifacts", art, "--epochs", 1, "--batch-size", 16)
-    return art
-
-
-def copy_chain(chain: Path, dest: Path) -> Path:
-    shutil.copytree(chain / "demo", dest / "demo", ignore=shutil.ignore_patterns("runs"))
-    return dest
 
 
 def test_epoch_order_splits_one_permutation_across_processes():
@@ -110,22 +59,8 @@ def test_killed_mid_epoch_resumes_to_the_same_weights(chain, tmp_path):
     train(whole, *args)
     cut = copy_chain(chain, tmp_path / "cut")
     # the 10th batch read (epoch 2 of 8 training batches; last.pt saved at its step 2) kills the process
-    script = (
-        "import os, signal, sys\n"
-        "from stages.training.data import StudySource\n"
-        "from stages.cli import main\n"
-        "read, calls = StudySource.batch, []\n"
-        "def batch(self, rows, train=False, generator=None):\n"
-        "    if train:\n"
-        "        calls.append(1)\n"
-        "        if len(calls) == 11:\n"
-        "            os.kill(os.getpid(), signal.SIGKILL)\n"
-        "    return read(self, rows, train=train, generator=generator)\n"
-        "StudySource.batch = batch\n"
-        "main(sys.argv[1:])\n")
-    command = [sys.executable, "-c", script, "train", "--dataset", "demo", "--artifacts", str(cut),
-               *map(str, TINY), *map(str, args)]
-    killed = subprocess.run(command, capture_output=True, text=True)
+    killed = run_killed("stages.training.data", "StudySource", 11, "train", "--dataset", "demo", "--artifacts", cut,
+                        *TINY, *args)
     assert killed.returncode == -9, killed.stderr
     run = cut / "demo" / "runs" / "xpronet"
     assert not (run / "model.pt").exists()

@@ -6,8 +6,10 @@ encoder's mean/std normalisation: dimming an already normalised image would not 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TypeVar
 
+import h5py
 import numpy as np
 import torch
 
@@ -40,3 +42,22 @@ def enhance(image: Image, mask: np.ndarray | torch.Tensor, theta: float = 0.4, b
     if np.issubdtype(image.dtype, np.floating):
         return out.astype(image.dtype)
     return np.rint(out).astype(image.dtype)
+
+
+@dataclass
+class EnhancedPixels:
+    """Images (m, S, S) read by row ranges, each enhanced with its mask (adm.h5 /mask rows)."""
+
+    pixels: h5py.Dataset | np.ndarray
+    masks: h5py.Dataset | np.ndarray
+    theta: float = 0.4
+    background: float = 0.4
+
+    def __post_init__(self) -> None:
+        if self.masks.shape != self.pixels.shape:
+            raise ValueError(f"masks of shape {self.masks.shape} for images of shape {self.pixels.shape}; "
+                             "rebuild adm.h5 from this dataset.h5 (rrg-stage adm-masks --force)")
+        self.shape = self.pixels.shape
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        return enhance(self.pixels[rows], np.asarray(self.masks[rows], dtype=bool), self.theta, self.background)

@@ -107,3 +107,16 @@ def read_masks(path: Path, rows: np.ndarray | slice) -> np.ndarray:
             return h5["mask"][unique].astype(bool)[inverse]
     except (OSError, KeyError) as error:
         raise StageError(f"{path} is not a readable adm.h5 ({error}); rebuild it with rrg-stage adm-masks --force") from None
+
+
+def enhancement_settings(path: Path, background: float) -> dict[str, float]:
+    """The ADM enhancement a model's inputs get: theta recorded in adm.h5, the `background`
+    factor, and the mask settings that reproduce the masks for new images."""
+    if not 0 <= background <= 1:
+        raise StageError(f"the ADM background factor must lie in [0, 1], got {background}")
+    try:
+        with h5py.File(path, "r") as h5:
+            attrs = {k: float(h5.attrs[k]) for k in ("theta", "cam_threshold", "dilation")}
+    except (OSError, KeyError) as error:
+        raise StageError(f"{path} is not a readable adm.h5 ({error}); rebuild it with rrg-stage adm-masks --force") from None
+    return {**attrs, "dilation": int(attrs["dilation"]), "background": float(background)}

@@ -37,10 +37,14 @@ def dataset_config(dataset: str) -> dict[str, Any]:
         raise StageError(f"{path} is not valid TOML: {error}") from None
 
 
-def resolve(dataset: str, section: str, given: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Options of one stage: CLI values that were given win over the dataset's defaults."""
-    defaults = dataset_config(dataset).get(section, {})
-    options = {key.replace("-", "_"): value for key, value in defaults.items()}
+def resolve(dataset: str, section: str, given: dict[str, Any], required: tuple[str, ...] = (),
+            variant: str | None = None, fallback: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Options of one stage, later layers winning: `fallback` (e.g. a method's reference settings),
+    the dataset's [section], its [section.variant] sub-table, then the CLI values that were given."""
+    table = dataset_config(dataset).get(section, {})
+    layers = [fallback or {}, {k: v for k, v in table.items() if not isinstance(v, dict)},
+              table.get(variant, {}) if variant else {}]
+    options = {key.replace("-", "_"): value for layer in layers for key, value in layer.items()}
     options.update({key: value for key, value in given.items() if value is not None or key not in options})
     missing = [key for key in required if options.get(key) is None]
     if missing:

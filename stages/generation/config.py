@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-MODELS = ("base", "xpronet")
+MODELS = ("base", "xpronet", "ekagen")
 
 
 @dataclass
@@ -23,6 +23,8 @@ class GeneratorConfig:
     Top-k=15 prototypes answer each query. Loss = CE + img_con_weight * L_img + txt_con_weight *
     L_txt (1.0 and 0.1); pairs of samples sharing a label aim at similarity
     con_base ** -(hamming / num_classes) (1.5), the others are pushed below con_margin (0.4).
+    EKAGen's knowledge base holds knowledge_per_class retrieved report embeddings (m, 8) of
+    knowledge_dim features (384, MiniLM) per observation; both come from knowledge.pkl.
     """
 
     vocab_size: int
@@ -43,6 +45,8 @@ class GeneratorConfig:
     txt_con_weight: float = 0.1
     con_margin: float = 0.4
     con_base: float = 1.5
+    knowledge_per_class: int = 8
+    knowledge_dim: int = 384
 
     def validate(self) -> None:
         """ValueError naming the first setting that cannot build a model."""
@@ -51,7 +55,7 @@ class GeneratorConfig:
         if self.d_model % self.heads:
             raise ValueError(f"d_model {self.d_model} is not divisible by heads {self.heads}")
         positive = ("vocab_size", "max_length", "d_model", "heads", "layers", "d_ff", "visual_dim", "max_views",
-                    "num_classes", "protos_per_class", "proto_dim", "topk")
+                    "num_classes", "protos_per_class", "proto_dim", "topk", "knowledge_per_class", "knowledge_dim")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -5,11 +5,17 @@ stably at the reference learning rates (1e-3 / 2e-3) without warm-up. One decode
 serves training (the whole shifted target at once), decoding of a whole prefix and incremental
 decoding: a layer receives the keys/values of the positions it has already seen and returns
 them extended, which is the key/value cache.
+
+EKAGen's decoder layers have a third attention, to the instance-level expert knowledge of the
+study (`stages.generation.ekagen`), after the attention to the image: the layer's normalised
+state h and its knowledge response a are fused as out = W3[W1 h ; W2 a]. Composed linear maps
+are one linear map, so the fusion is a single linear layer over [h ; a], added residually.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -81,18 +87,32 @@ class EncoderLayer(nn.Module):
         return x + self.drop(self.ff(self.norm_ff(x)))
 
 
+class Knowledge(NamedTuple):
+    """What a decoder layer's knowledge attention reads: per-layer keys/values of the knowledge
+    tokens and a (B, S) mask of the slots each study may attend."""
+
+    keys_values: list[KeyValues]
+    mask: torch.Tensor
+
+
 class DecoderLayer(nn.Module):
-    def __init__(self, d_model: int, heads: int, d_ff: int, dropout: float):
+    def __init__(self, d_model: int, heads: int, d_ff: int, dropout: float, knowledge: bool = False):
         super().__init__()
         self.norm_self, self.norm_cross, self.norm_ff = (nn.LayerNorm(d_model) for _ in range(3))
         self.self_attn = Attention(d_model, heads, dropout)
         self.cross_attn = Attention(d_model, heads, dropout)
+        if knowledge:
+            self.norm_know = nn.LayerNorm(d_model)
+            self.know_attn = Attention(d_model, heads, dropout)
+            self.fuse = nn.Linear(2 * d_model, d_model)
         self.ff = feed_forward(d_model, d_ff, dropout)
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, past: KeyValues | None, memory: KeyValues,
-                memory_mask: torch.Tensor) -> tuple[torch.Tensor, KeyValues]:
-        """x: the n newest positions; past: keys/values of the positions before them."""
+                memory_mask: torch.Tensor, knowledge: tuple[KeyValues, torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, KeyValues]:
+        """x: the n newest positions; past: keys/values of the positions before them; knowledge:
+        this layer's knowledge keys/values and a mask broadcasting to (B, heads, n, S)."""
         h = self.norm_self(x)
         keys, values = self.self_attn.keys_values(h)
         if past is not None:
@@ -101,6 +121,9 @@ class DecoderLayer(nn.Module):
         causal = torch.ones(n, total, dtype=torch.bool, device=x.device).tril(total - n)
         x = x + self.drop(self.self_attn(h, keys, values, causal))
         x = x + self.drop(self.cross_attn(self.norm_cross(x), *memory, memory_mask))
+        if knowledge is not None:
+            h = self.norm_know(x)
+            x = x + self.drop(self.fuse(torch.cat([h, self.know_attn(h, *knowledge[0], knowledge[1])], dim=-1)))
         return x + self.drop(self.ff(self.norm_ff(x))), (keys, values)
 
 
@@ -119,21 +142,29 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    def __init__(self, d_model: int, heads: int, d_ff: int, dropout: float, layers: int):
+    def __init__(self, d_model: int, heads: int, d_ff: int, dropout: float, layers: int, knowledge: bool = False):
         super().__init__()
-        self.layers = nn.ModuleList(DecoderLayer(d_model, heads, d_ff, dropout) for _ in range(layers))
+        self.layers = nn.ModuleList(DecoderLayer(d_model, heads, d_ff, dropout, knowledge) for _ in range(layers))
         self.norm = nn.LayerNorm(d_model)
 
     def memory(self, memory: torch.Tensor) -> list[KeyValues]:
         """Each layer's cross-attention keys/values of the encoder output (computed once per study)."""
         return [layer.cross_attn.keys_values(memory) for layer in self.layers]
 
+    def knowledge(self, tokens: torch.Tensor, mask: torch.Tensor) -> Knowledge:
+        """Each layer's knowledge-attention keys/values of (1 or B, S, d) tokens; mask (B, S) bool."""
+        batch = mask.shape[0]
+        pairs = [layer.know_attn.keys_values(tokens) for layer in self.layers]
+        return Knowledge([(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in pairs], mask)
+
     def forward(self, x: torch.Tensor, past: list[KeyValues] | None, memory: list[KeyValues],
-                memory_mask: torch.Tensor) -> tuple[torch.Tensor, list[KeyValues]]:
+                memory_mask: torch.Tensor, knowledge: Knowledge | None = None) -> tuple[torch.Tensor, list[KeyValues]]:
         """Decode the n newest positions given each layer's cached keys/values (None: none yet)."""
         attend = memory_mask[:, None, None, :]
+        know_mask = None if knowledge is None else knowledge.mask[:, None, None, :]
         cache = []
         for i, layer in enumerate(self.layers):
-            x, kv = layer(x, None if past is None else past[i], memory[i], attend)
+            know = None if knowledge is None else (knowledge.keys_values[i], know_mask)
+            x, kv = layer(x, None if past is None else past[i], memory[i], attend, know)
             cache.append(kv)
         return self.norm(x), cache

@@ -4,7 +4,8 @@ The encoder reads the projected visual tokens of a study's views (missing views 
 causal decoder reads the report's word embeddings with sinusoidal positions and attends to the
 encoder output. Both stacks are pre-norm (see `layers`). With `model="xpronet"` the cross-modal
 prototype network (`xpronet`) fuses prototype responses into the encoder output and into the
-decoder's input embeddings, and adds its contrastive losses.
+decoder's input embeddings, and adds its contrastive losses. With `model="ekagen"` every decoder
+layer also attends to the study's instance-level expert knowledge (`ekagen`), selected by its labels.
 
 Training calls `forward`; decoding calls `encode` once and then `step` with the growing prefix.
 `step` keeps a key/value cache in the state and only runs the newest token when the prefix
@@ -23,7 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from stages.generation.config import GeneratorConfig
-from stages.generation.layers import Decoder, Encoder, KeyValues, sinusoid
+from stages.generation.ekagen import ExpertKnowledge
+from stages.generation.layers import Decoder, Encoder, KeyValues, Knowledge, sinusoid
 from stages.generation.visual import VisualTokens
 from stages.generation.xpronet import Conditioning, CrossModalPrototypes
 
@@ -43,7 +45,8 @@ class EncoderState:
 
     memory: list[KeyValues]            # each decoder layer's cross-attention keys/values (B, heads, L, d/heads)
     memory_mask: torch.Tensor          # (B, L) bool
-    condition: Conditioning | None     # XProNet's prototype access, None for the base model
+    condition: Conditioning | None     # XProNet's prototype access, None for the other models
+    knowledge: Knowledge | None        # EKAGen's per-layer knowledge keys/values and slot mask
     cache: list[KeyValues] | None = None   # each decoder layer's self-attention keys/values of `prefix`
     prefix: torch.Tensor | None = None     # (B, t) the tokens the cache holds
 
@@ -51,8 +54,10 @@ class EncoderState:
         def pairs(kvs: list[KeyValues] | None) -> list[KeyValues] | None:
             return None if kvs is None else [(fn(k), fn(v)) for k, v in kvs]
 
+        knowledge = None if self.knowledge is None else Knowledge(pairs(self.knowledge.keys_values),
+                                                                  fn(self.knowledge.mask))
         return replace(self, memory=pairs(self.memory), memory_mask=fn(self.memory_mask),
-                       condition=None if self.condition is None else self.condition.map(fn),
+                       condition=None if self.condition is None else self.condition.map(fn), knowledge=knowledge,
                        cache=pairs(self.cache), prefix=None if self.prefix is None else fn(self.prefix))
 
     def repeat_interleave(self, k: int) -> "EncoderState":
@@ -67,21 +72,31 @@ class EncoderState:
 class ReportGenerator(nn.Module):
     """Visual tokens -> report token log-probabilities; see the module docstring."""
 
-    def __init__(self, config: GeneratorConfig, prototypes: np.ndarray | None = None):
+    def __init__(self, config: GeneratorConfig, prototypes: np.ndarray | None = None,
+                 knowledge: np.ndarray | None = None):
         super().__init__()
         config.validate()
         if prototypes is not None and config.model != "xpronet":
             raise ValueError(f"prototypes were given but model={config.model!r} does not use them")
+        if knowledge is not None and config.model != "ekagen":
+            raise ValueError(f"knowledge was given but model={config.model!r} does not use it")
         self.config = config
         d = config.d_model
         self.visual = VisualTokens(config.visual_dim, d, config.max_views, config.dropout)
         self.encoder = Encoder(d, config.heads, config.d_ff, config.dropout, config.layers)
         self.embed = nn.Embedding(config.vocab_size, d)
         nn.init.normal_(self.embed.weight, std=d ** -0.5)  # unit-scale entries once scaled by sqrt(d)
-        self.decoder = Decoder(d, config.heads, config.d_ff, config.dropout, config.layers)
+        ekagen = config.model == "ekagen"
+        self.decoder = Decoder(d, config.heads, config.d_ff, config.dropout, config.layers, knowledge=ekagen)
         self.head = nn.Linear(d, config.vocab_size)
         self.drop = nn.Dropout(config.dropout)
         self.xpronet = CrossModalPrototypes(config, prototypes) if config.model == "xpronet" else None
+        self.knowledge = ExpertKnowledge(config, knowledge) if ekagen else None
+
+    def _knowledge(self, labels: torch.Tensor | None, batch: int) -> Knowledge | None:
+        if self.knowledge is None:
+            return None
+        return self.decoder.knowledge(*self.knowledge(labels, batch))
 
     def _encode(self, visual: torch.Tensor, visual_mask: torch.Tensor, labels: torch.Tensor | None
                 ) -> tuple[torch.Tensor, torch.Tensor, Conditioning | None, torch.Tensor | None]:
@@ -111,7 +126,8 @@ class ReportGenerator(nn.Module):
         target_mask (B, T) True on BOS..EOS; labels (B, num_classes) binary or None."""
         memory, mask, condition, visual_response = self._encode(visual, visual_mask, labels)
         words, text_response = self._words(targets[:, :-1], 0, condition)
-        hidden, _ = self.decoder(words, None, self.decoder.memory(memory), mask)
+        hidden, _ = self.decoder(words, None, self.decoder.memory(memory), mask,
+                                 self._knowledge(labels, memory.shape[0]))
         logits = self.head(hidden)
         gold = target_mask[:, 1:].to(logits.dtype)
         token_ce = F.cross_entropy(logits.float().transpose(1, 2), targets[:, 1:], reduction="none")
@@ -128,7 +144,7 @@ class ReportGenerator(nn.Module):
     def encode(self, visual: torch.Tensor, visual_mask: torch.Tensor,
                labels: torch.Tensor | None = None) -> EncoderState:
         memory, mask, condition, _ = self._encode(visual, visual_mask, labels)
-        return EncoderState(self.decoder.memory(memory), mask, condition)
+        return EncoderState(self.decoder.memory(memory), mask, condition, self._knowledge(labels, memory.shape[0]))
 
     def step(self, state: EncoderState, prefix: torch.Tensor) -> torch.Tensor:
         """Log-probabilities (B', vocab) of the token after `prefix` (B', t) (BOS first); updates
@@ -141,13 +157,15 @@ class ReportGenerator(nn.Module):
         else:
             new, past, start = prefix, None, 0
         words, _ = self._words(new, start, state.condition)
-        hidden, state.cache = self.decoder(words, past, state.memory, state.memory_mask)
+        hidden, state.cache = self.decoder(words, past, state.memory, state.memory_mask, state.knowledge)
         state.prefix = prefix
         return F.log_softmax(self.head(hidden[:, -1]).float(), dim=-1)
 
 
-def build_generator(config: GeneratorConfig, prototypes: np.ndarray | None = None) -> ReportGenerator:
+def build_generator(config: GeneratorConfig, prototypes: np.ndarray | None = None,
+                    knowledge: np.ndarray | None = None) -> ReportGenerator:
     """A generator for `config`; XProNet's prototype matrix starts from `prototypes`
-    ((num_classes, protos_per_class, proto_dim) as in prototypes.pkl, or flattened), or from
-    placeholder values when a checkpoint will be loaded. ValueError if it does not fit."""
-    return ReportGenerator(config, prototypes)
+    ((num_classes, protos_per_class, proto_dim) as in prototypes.pkl, or flattened) and EKAGen's
+    knowledge is `knowledge` (knowledge.pkl's RKS, (num_classes, knowledge_per_class,
+    knowledge_dim)), both placeholders when a checkpoint will be loaded. ValueError if they do not fit."""
+    return ReportGenerator(config, prototypes, knowledge)

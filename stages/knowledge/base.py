@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from importlib import resources
 
 import numpy as np
+import torch
 
 from stages.labeling.observations import NO_FINDING, OBSERVATIONS
 
@@ -28,6 +29,14 @@ from stages.labeling.observations import NO_FINDING, OBSERVATIONS
 def expert_descriptions() -> dict[str, list[str]]:
     """The project's own short descriptions of each observation."""
     return json.loads(resources.files("stages.knowledge").joinpath("descriptions.json").read_text())
+
+
+def knowledge_slots(labels: torch.Tensor, m: int) -> torch.Tensor:
+    """(n, K) labels -> (n, K*m) bool: slot block j (observation j's m RKS entries) is on when
+    label j is positive (> 0.5); a row with nothing positive gets the No Finding block."""
+    positive = labels > 0.5
+    positive[:, NO_FINDING] |= ~positive.any(dim=1)
+    return positive.repeat_interleave(m, dim=1)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -55,12 +64,9 @@ class KnowledgeBase:
         Slot block j holds the RKS of observation j and is unmasked when j is predicted; a label
         vector with nothing predicted gets the No Finding entry.
         """
-        labels = np.asarray(labels).astype(bool)
-        labels = labels.copy()
-        labels[~labels.any(axis=1), NO_FINDING] = True
-        n, (k, m, d) = len(labels), self.rks.shape
-        vectors = np.broadcast_to(self.rks.reshape(1, k * m, d), (n, k * m, d))
-        return vectors, np.repeat(labels, m, axis=1)
+        mask = knowledge_slots(torch.as_tensor(np.asarray(labels, dtype=np.float32)), self.m).numpy()
+        k, m, d = self.rks.shape
+        return np.broadcast_to(self.rks.reshape(1, k * m, d), (len(mask), k * m, d)), mask
 
 
 def _chunks(n: int, size: int):

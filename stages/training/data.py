@@ -8,6 +8,8 @@ Two visual modes share one batch layout, `views` (B, V, ...) with `view_mask` (B
   from 256 for training and resizes to 224 for testing). No horizontal flip: a report's "left"
   and "right" would no longer match the image.
 Studies with fewer views than V are padded and masked; extra views beyond V are left out.
+EKAGen's ADM enhancement is applied to pixels here (from adm.h5's masks, before cropping); in
+cached mode the enhanced images' tokens come from their own feature file (features_adm.h5).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from stages.adm.enhance import enhance
 from stages.core.errors import StageError
 from stages.data.h5dataset import DatasetFile
 
@@ -32,6 +35,7 @@ class Batch:
     targets: torch.Tensor       # (B, T) int64, R2Gen ids [0, w..., 0, pad 0]
     target_mask: torch.Tensor   # (B, T) bool, BOS..EOS
     labels: torch.Tensor        # (B, 14) float32 binary
+    teacher_views: torch.Tensor | None = None  # distillation: the teacher's input (like views)
 
     def to(self, device: torch.device | str) -> "Batch":
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -39,6 +43,15 @@ class Batch:
             if isinstance(value, torch.Tensor):
                 moved[name] = value.to(device, non_blocking=True)
         return Batch(**moved)
+
+
+@dataclass
+class AdmEnhancement:
+    """Enhance every image with its adm.h5 mask: img*M + background*img*(1-M) where M covers > theta."""
+
+    adm_h5: Path
+    theta: float = 0.4
+    background: float = 0.4
 
 
 def sorted_read(dataset: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
@@ -55,7 +68,7 @@ class StudySource:
     """
 
     def __init__(self, dataset_h5: Path, labels: np.ndarray, *, features_h5: Path | None = None,
-                 max_views: int = 2, crop: int | None = None):
+                 max_views: int = 2, crop: int | None = None, adm: AdmEnhancement | None = None):
         self.data = DatasetFile(dataset_h5)
         self.labels = np.asarray(labels, dtype=np.float32)
         if len(self.labels) != len(self.data):
@@ -73,6 +86,15 @@ class StudySource:
             if self.patches.shape[0] != len(self.data.image_study):
                 raise StageError(f"{features_h5} has {self.patches.shape[0]} images but {dataset_h5} has "
                                  f"{len(self.data.image_study)}; rebuild it with rrg-stage extract-features --force")
+        self.adm, self.masks, self._adm = adm, None, None
+        if adm is not None:
+            if features_h5 is not None:
+                raise ValueError("cached tokens are encoded already; enhance them with extract-features --adm instead")
+            self._adm = h5py.File(adm.adm_h5, "r")
+            self.masks = self._adm["mask"]
+            if self.masks.shape != self.data.pixels.shape:
+                raise StageError(f"{adm.adm_h5} has masks of shape {self.masks.shape} but {dataset_h5} has images of "
+                                 f"shape {self.data.pixels.shape}; rebuild it with rrg-stage adm-masks --force")
         counts = np.minimum(self.data.image_count, max_views)
         self.view_rows = np.full((len(self.data), max_views), -1, dtype=np.int64)
         for v in range(max_views):
@@ -107,6 +129,9 @@ class StudySource:
             size = self.data.image_size
             pixels = np.zeros((len(rows), self.max_views, size, size), dtype=np.uint8)
             pixels[view_mask] = sorted_read(self.data.pixels, present)
+            if self.adm is not None:
+                pixels[view_mask] = enhance(pixels[view_mask], sorted_read(self.masks, present).astype(bool),
+                                            self.adm.theta, self.adm.background)
             visual = self._crop(torch.from_numpy(pixels).float().div_(255), train, generator)
         targets = torch.from_numpy(self.data.token_ids[rows].astype(np.int64))
         lengths = torch.from_numpy(self.data.token_len[rows].astype(np.int64))
@@ -128,5 +153,6 @@ class StudySource:
 
     def close(self) -> None:
         self.data.close()
-        if self._features is not None:
-            self._features.close()
+        for handle in (self._features, self._adm):
+            if handle is not None:
+                handle.close()

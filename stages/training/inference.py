@@ -1,9 +1,10 @@
 """Reports from a trained run: for a split of its dataset, or for a user's own image files.
 
 Both paths give the model exactly what training gave it: the same stored image size, the same
-cached-token encoder (or the trained end-to-end one) and, for label-conditioned models, labels
-predicted by the dataset's diagnosis classifier (or the reference labels when the run was an
-explicit oracle ablation).
+cached-token encoder (or the trained end-to-end one), ADM-enhanced images when it was trained or
+distilled for them (masks from adm.h5, or made by the diagnosis classifier for new images) and,
+for label-conditioned models, labels predicted by the dataset's diagnosis classifier (or the
+reference labels when the run was an explicit oracle ablation).
 """
 
 from __future__ import annotations
@@ -18,14 +19,17 @@ import pandas as pd
 import torch
 
 from stages.adm.classifier import load_diagnosis, predict_labels
+from stages.adm.enhance import enhance
+from stages.adm.masks import adm_batch
 from stages.core.errors import StageError
 from stages.data.images import ImageError, load_xray
 from stages.features.extract import encode_images
 from stages.models.image_encoders import build_image_encoder
 from stages.training.conditioning import predicted_study_labels
-from stages.training.data import Batch, StudySource
+from stages.training.data import Batch
 from stages.training.loop import decode_split
 from stages.training.model import SavedModel, load_model
+from stages.training.run import study_source
 
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
@@ -68,9 +72,7 @@ def split_predictions(run_dir: Path, split: str, decoding: Decoding, device: str
                 labels = h5["binary"][:].astype(np.float32)
         else:
             labels = predicted_study_labels(base / "adm.h5", base / "diagnosis.pt", image_study, n)
-    features = base / "features.h5" if saved.model.visual.mode == "cached" else None
-    source = StudySource(dataset_h5, labels, features_h5=features, max_views=saved.model.visual.max_views,
-                         crop=saved.model.visual.input_size if features is None else None)
+    source = study_source(base, saved.model.visual, labels, enhanced=bool(saved.model.visual.adm))
     try:
         rows = source.data.split_indices(split)
         if not len(rows):
@@ -101,17 +103,19 @@ def image_predictions(run_dir: Path, studies: Sequence[tuple[str, Sequence[Path]
         raise StageError("cannot read these images (nothing was generated):\n  " + "\n  ".join(errors))
     findings: dict[str, list[str]] = {}
     labels = np.zeros((len(studies), saved.config.num_classes), dtype=np.float32)
-    if saved.config.model != "base":
+    if saved.config.model != "base" or spec.adm:
         diagnosis_pt = dataset_dir(run_dir) / "diagnosis.pt"
         try:
             diagnosis = load_diagnosis(diagnosis_pt, spec.image_size, device)
         except (ValueError, FileNotFoundError) as error:
-            raise StageError(f"{error}; this {saved.config.model} model is conditioned on the diagnosis "
-                             "classifier's labels") from None
+            raise StageError(f"{error}; this model reads the diagnosis classifier's labels or ADM masks") from None
         for row, (study, _) in enumerate(studies):
             predicted = predict_labels(images[study], diagnosis, study=np.zeros(len(images[study]), int))[0][0]
             labels[row] = predicted
             findings[study] = [name for name, on in zip(diagnosis.observations, predicted) if on]
+            if spec.adm:
+                masks = adm_batch(diagnosis, images[study], spec.adm["cam_threshold"], int(spec.adm["dilation"])).mask
+                images[study] = enhance(images[study], masks, spec.adm["theta"], spec.adm["background"])
     encoder = None
     if spec.mode == "cached":
         encoder = build_image_encoder(spec.encoder, spec.weights).to(device).eval()

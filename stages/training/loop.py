@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -36,6 +36,8 @@ from stages.training.data import StudySource
 from stages.training.distributed import Dist, epoch_order
 from stages.training.model import ReportModel
 
+if TYPE_CHECKING:
+    from stages.training.distill import Teacher
 
 
 # validation metrics logged every epoch; --monitor picks the one that selects best.pt
@@ -53,17 +55,24 @@ def validation_scores(gts: dict[str, list[str]], res: dict[str, list[str]]) -> d
             "rouge_l": rouge_l(gts, res), "ce_f1": ce["micro"]["f1"]}
 
 
+OPTIMIZERS = ("adam", "adamw")
+CLIPS = ("value", "norm")
+
+
 @dataclass
 class TrainOptions:
-    """Optimisation and selection options (reference: R2Gen / XProNet on IU X-Ray)."""
+    """Optimisation and selection options (reference: R2Gen / XProNet on IU X-Ray; EKAGen's
+    reference, AdamW with norm clipping, is set per model by `rrg-stage train`)."""
 
     epochs: int = 30
     batch_size: int = 16
+    optimizer: str = "adam"
     lr_visual: float = 1e-3
     lr: float = 2e-3
     weight_decay: float = 5e-5
     step_size: int = 10
     gamma: float = 0.8
+    clip: str = "value"
     grad_clip: float = 0.1
     monitor: str = "bleu4"
     val_beam_size: int = 3
@@ -92,17 +101,24 @@ def decode_split(model: ReportModel, source: StudySource, rows: np.ndarray, voca
 class Trainer:
     def __init__(self, model: ReportModel, source: StudySource, vocab: Vocabulary, options: TrainOptions,
                  run_dir: Path, context: Dist, *, max_length: int, header: dict[str, Any],
-                 log: Callable[[str], None] = tqdm.write):
-        self.model, self.source, self.vocab, self.options = model, source, vocab, options
+                 teacher: Teacher | None = None, log: Callable[[str], None] = tqdm.write):
+        """`teacher`: distil from a frozen model (its loss term is added to every step's loss)."""
+        self.model, self.source, self.vocab, self.options, self.teacher = model, source, vocab, options, teacher
         self.run_dir, self.context, self.max_length, self.header, self.log = run_dir, context, max_length, header, log
         if options.monitor not in MONITORS:
             raise ValueError(f"--monitor must be one of {sorted(MONITORS)}, not {options.monitor!r}")
+        if options.optimizer not in OPTIMIZERS or options.clip not in CLIPS:
+            raise ValueError(f"--optimizer must be one of {OPTIMIZERS} and --clip one of {CLIPS}, not "
+                             f"{options.optimizer!r} / {options.clip!r}")
         self.train_rows, self.val_rows = source.rows("train"), source.rows("val")
         visual = [p for p in model.visual_parameters() if p.requires_grad]
         ids = {id(p) for p in visual}
         rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
         groups = [{"params": rest, "lr": options.lr}] + ([{"params": visual, "lr": options.lr_visual}] if visual else [])
-        self.optimizer = torch.optim.Adam(groups, weight_decay=options.weight_decay, amsgrad=True)
+        if options.optimizer == "adamw":
+            self.optimizer: torch.optim.Optimizer = torch.optim.AdamW(groups, weight_decay=options.weight_decay)
+        else:
+            self.optimizer = torch.optim.Adam(groups, weight_decay=options.weight_decay, amsgrad=True)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, options.step_size, options.gamma)
         self.net: torch.nn.Module = model
         if context.active:
@@ -167,9 +183,13 @@ class Trainer:
             rows = order[step * options.batch_size:(step + 1) * options.batch_size]
             batch = self.source.batch(rows, train=True, generator=generator).to(self.model.device)
             output = self.net(batch)
+            if self.teacher is not None:
+                output = self.teacher.distil(output, batch)
             self.optimizer.zero_grad(set_to_none=True)
             output.loss.backward()
-            if options.grad_clip > 0:
+            if options.grad_clip > 0 and options.clip == "norm":
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), options.grad_clip)
+            elif options.grad_clip > 0:
                 torch.nn.utils.clip_grad_value_(self.model.parameters(), options.grad_clip)
             self.optimizer.step()
             window.append({"loss": output.loss.item(), **{k: v.item() for k, v in output.terms.items()}})

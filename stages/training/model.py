@@ -2,7 +2,8 @@
 
 `model.pt` (written by `train`) is self-contained: the generator's config and weights, the
 vocabulary, the visual mode (cached patch tokens from a named image encoder, or the encoder
-trained end to end), the image size it expects and how its conditioning labels are obtained.
+trained end to end), the image size it expects, whether images are ADM-enhanced first (EKAGen)
+and how its conditioning labels are obtained.
 `generate` and `evaluate` rebuild everything from it.
 """
 
@@ -39,6 +40,9 @@ class VisualSpec:
     image_size: int           # side of the stored images (dataset.h5)
     max_views: int = 2
     extra: dict[str, Any] = field(default_factory=dict)
+    # ADM enhancement of every input image (EKAGen): {"theta", "background"} of the rule, and the
+    # mask settings ("cam_threshold", "dilation") that `generate` needs to make masks for new images
+    adm: dict[str, float] | None = None
 
 
 class ReportModel(nn.Module):
@@ -75,13 +79,13 @@ class ReportModel(nn.Module):
 
 
 def build_model(config: GeneratorConfig, visual: VisualSpec, prototypes: np.ndarray | None = None,
-                encoder_weights: str | None = None) -> ReportModel:
+                knowledge: np.ndarray | None = None, encoder_weights: str | None = None) -> ReportModel:
     """`encoder_weights` overrides `visual.weights` (e.g. "random" when a checkpoint will be loaded)."""
     extractor = None
     if visual.mode == "end-to-end":
         extractor = VisualExtractor(build_image_encoder(visual.encoder, encoder_weights or visual.weights),
                                     visual.max_views)
-    return ReportModel(build_generator(config, prototypes), visual, extractor)
+    return ReportModel(build_generator(config, prototypes, knowledge), visual, extractor)
 
 
 @dataclass
