@@ -10,12 +10,13 @@ BIN := $(VENV)/bin
 RRG := $(BIN)/rrg-stage
 INSTALLED := $(VENV)/.installed
 
-.PHONY: help setup check-java demo iu_xray mimic mimic_cxr test bench clean-demo
+.PHONY: help setup check-java demo demo-ekagen iu_xray mimic mimic_cxr test bench clean-demo
 .DEFAULT_GOAL := help
 
 help:
 	@echo "make demo      install everything and run every stage on the built-in demo dataset"
 	@echo "make test      install everything and run the test suite"
+	@echo "make demo-ekagen  EKAGen on the demo: knowledge, ADM, self-distillation and the ablation table"
 	@echo "make iu_xray   IU_XRAY_ROOT=/path/to/iu_xray (R2Gen layout: annotation.json + images/)"
 	@echo "make mimic     MIMIC_ROOT=/path/to/mimic-cxr-jpg/2.0.0 (with the report .txt files)"
 	@echo "make bench     run the benchmarks in bench/ and write bench/results/ (builds the demo first)"
@@ -47,4 +48,5 @@ bench: setup $(ART)/demo/runs/xpronet/model.pt
 	$(BIN)/python bench/features.py
 	$(BIN)/python bench/evaluate.py
 	$(BIN)/python bench/train.py
+	$(BIN)/python bench/distill.py
 	$(BIN)/python bench/generate.py --run $(ART)/demo/runs/xpronet

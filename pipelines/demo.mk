@@ -15,5 +15,10 @@ demo: setup $(addprefix $(DEMO)/,$(FINAL))
 	@echo "         $(DEMO)/adm_overlays.png (attention masks), $(DEMO)/preview.png (images),"
 	@echo "         $(DEMO)/prototypes_pca.png (prototypes), $(DEMO)/knowledge.md (retrieved knowledge)"
 
+# EKAGen and its ablation table (bench/results/ekagen_ablation.md), after the demo's own chain
+EKAGEN_RUNS := base ekagen-knowledge ekagen ekagen-gid1 ekagen-gid2
+demo-ekagen: setup $(foreach run,$(EKAGEN_RUNS),$(DEMO)/runs/$(run)/metrics_test.json)
+	$(BIN)/python bench/ekagen_ablation.py --artifacts $(ART) --dataset demo
+
 clean-demo:
 	rm -rf $(DEMO)

@@ -25,6 +25,21 @@ $(ART)/%/runs/base/model.pt: $(ART)/%/dataset.h5 $(ART)/%/features.h5 $(ART)/%/l
 $(ART)/%/runs/xpronet/model.pt: $(ART)/%/features.h5 $(ART)/%/labels.h5 $(ART)/%/prototypes.pkl $(ART)/%/adm.h5
 	$(RRG) train --dataset $* --artifacts $(ART) --model xpronet
 
+# EKAGen (`make demo-ekagen`): ADM-enhanced image tokens, then the ablation's runs: + knowledge on
+# plain images, + ADM (EKAGen itself, the first teacher), and two rounds of self-distillation
+$(ART)/%/features_adm.h5: $(ART)/%/dataset.h5 $(ART)/%/adm.h5
+	$(RRG) extract-features --dataset $* --artifacts $(ART) --adm
+
+$(ART)/%/runs/ekagen-knowledge/model.pt: $(ART)/%/features.h5 $(ART)/%/labels.h5 $(ART)/%/knowledge.pkl $(ART)/%/adm.h5
+	$(RRG) train --dataset $* --artifacts $(ART) --model ekagen --no-adm --name ekagen-knowledge
+
+$(ART)/%/runs/ekagen/model.pt: $(ART)/%/features_adm.h5 $(ART)/%/labels.h5 $(ART)/%/knowledge.pkl $(ART)/%/adm.h5
+	$(RRG) train --dataset $* --artifacts $(ART) --model ekagen
+
+# one command makes both rounds (a pattern rule with two targets is one recipe in GNU make)
+$(ART)/%/runs/ekagen-gid1/model.pt $(ART)/%/runs/ekagen-gid2/model.pt: $(ART)/%/runs/ekagen/model.pt
+	$(RRG) distill --dataset $* --artifacts $(ART) --teacher ekagen --rounds 2
+
 $(ART)/%/metrics_test.json: $(ART)/%/model.pt
 	$(RRG) evaluate --run $(ART)/$*
 
