@@ -33,6 +33,8 @@ PRODUCERS: dict[str, str] = {
     "vocab.json": "preprocess --dataset {dataset} --root DIR",
     "labels.h5": "label --dataset {dataset}",
     "features.h5": "extract-features --dataset {dataset}",
+    "features_adm.h5": "extract-features --dataset {dataset} --adm (or train with --visual end-to-end or --no-adm)",
+    "model.pt": "train --dataset {dataset} --name NAME (the run named by the path)",
     "prototypes.pkl": "kmeans-init --dataset {dataset}",
     "knowledge.pkl": "build-knowledge --dataset {dataset}",
     "diagnosis.pt": "adm-masks --dataset {dataset}",
