@@ -175,3 +175,16 @@ def test_distillation_rounds_resume_and_refuse_unfit_teachers(chain, tmp_path):
     torch.save(saved, runs / "ekagen" / "model.pt")
     assert "another vocabulary" in distill(whole, code=1)
     assert "no trained run" in invoke("distill", "--dataset", "demo", "--artifacts", whole, "--teacher", "nope", code=1)
+
+
+@needs_demo
+def test_end_to_end_ekagen_enhances_pixels_and_distils(chain, tmp_path):
+    art = copy_chain(chain, tmp_path)
+    train(art, "--model", "ekagen", "--epochs", 1, "--visual", "end-to-end", "--weights", "random")
+    saved = load_model(art / "demo/runs/ekagen/model.pt")
+    assert saved.model.visual.mode == "end-to-end" and saved.model.visual.adm["theta"] == 0.01
+    assert "features_adm" not in json.loads((art / "demo/runs/ekagen/model.pt.meta.json").read_text())["inputs"]
+    invoke("distill", "--dataset", "demo", "--artifacts", art, "--teacher", "ekagen", "--epochs", 1,
+           "--test-input", "plain")
+    student = load_model(art / "demo/runs/ekagen-gid1/model.pt")
+    assert student.model.visual.mode == "end-to-end" and student.model.visual.adm is None
