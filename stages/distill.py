@@ -84,7 +84,7 @@ def command(ctx: StageContext, teacher_name: str, rounds: int, temperature: floa
     context = setup(device)
     scores: list[tuple[str, int, float, str]] = []
     try:
-        first = _teacher(ctx, runs / teacher_name, vocab, "cpu")
+        first = _teacher(ctx, runs / teacher_name, vocab, str(context.device))
         adm = first.model.visual.adm
         if not adm:
             raise StageError(f"the teacher {runs / teacher_name} was trained on plain images, so there is no ADM-enhanced "
@@ -99,7 +99,7 @@ def command(ctx: StageContext, teacher_name: str, rounds: int, temperature: floa
         for round_ in range(1, rounds + 1):
             teacher_dir = runs / (teacher_name if round_ == 1 else f"{teacher_name}-gid{round_ - 1}")
             student_dir = runs / f"{teacher_name}-gid{round_}"
-            saved = _teacher(ctx, teacher_dir, vocab, str(context.device))
+            saved = first if round_ == 1 else _teacher(ctx, teacher_dir, vocab, str(context.device))
             config, oracle = saved.config, bool(saved.info.get("oracle"))
             inputs = {"dataset": dataset_h5, "vocab": vocab_json, "labels": ctx.input("labels.h5"),
                       "teacher": ctx.input(str(teacher_dir.relative_to(ctx.dir) / "model.pt"))}

@@ -20,7 +20,7 @@ from stages.text.vocab import Vocabulary
 from stages.training.distributed import setup, teardown
 from stages.training.loop import CLIPS, MONITORS, OPTIMIZERS, TrainOptions
 from stages.training.model import build_model
-from stages.training.run import conditioning, fit_run, source_files, study_source, train_options, visual_spec
+from stages.training.run import conditioning, fit_run, study_source, train_options, visual_spec
 
 # GeneratorConfig fields that come from the data, not from the user
 DERIVED = {"model", "vocab_size", "max_length", "visual_dim", "max_views", "proto_dim", "num_classes",
@@ -128,11 +128,10 @@ def command(ctx: StageContext, model_name: str, name: str | None, visual: str | 
         if enhanced:
             inputs["adm"] = ctx.input("adm.h5")
             if mode == "cached":
-                adm_background = float(read_manifest(ctx.input("features_adm.h5"))["options"]["background"])
+                inputs["features_adm"] = ctx.input("features_adm.h5")
+                adm_background = float(read_manifest(inputs["features_adm"])["options"]["background"])
             adm_settings = enhancement_settings(inputs["adm"], adm_background)
         spec = visual_spec(mode, options, feature_options, image_size, adm_settings)
-        for file in source_files(spec, enhanced):
-            inputs[file.split(".")[0]] = ctx.input(file)
         source = study_source(ctx.dir, spec, labels, enhanced)
         vocab = Vocabulary.load(vocab_json)
         derived: dict[str, Any] = {"model": model_name, "vocab_size": len(vocab), "max_length": max_length,
