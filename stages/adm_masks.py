@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import torch
 
-from stages.adm.backbone import OUTPUT_STRIDES
+from stages.adm.backbone import GRIDS
 from stages.adm.classifier import (Diagnosis, TrainConfig, TrainData, load_diagnosis, predict_labels, read_rows,
                                    save_diagnosis, train_diagnosis)
 from stages.adm.masks import read_masks, write_adm
@@ -27,7 +27,7 @@ from stages.labeling.observations import OBSERVATIONS
 from stages.models.image_encoders import ENCODERS, build_image_encoder
 
 # Used where neither the command line nor pipelines/<dataset>.toml [adm-masks] gives a value.
-DEFAULTS: dict[str, Any] = {"epochs": 6, "batch_size": 32, "lr": 1e-3, "output_stride": 16, "cam_threshold": 0.6,
+DEFAULTS: dict[str, Any] = {"epochs": 6, "batch_size": 32, "lr": 1e-3, "grid": "truncated", "cam_threshold": 0.6,
                             "dilation": 5, "theta": 0.4}
 
 
@@ -37,7 +37,7 @@ def _options(dataset: str, given: dict[str, Any]) -> dict[str, Any]:
     checks = [("epochs", options["epochs"] >= 1, "must be at least 1"),
               ("batch-size", options["batch_size"] >= 1, "must be at least 1"),
               ("lr", options["lr"] > 0, "must be positive"),
-              ("output-stride", options["output_stride"] in OUTPUT_STRIDES, f"must be one of {OUTPUT_STRIDES}"),
+              ("grid", options["grid"] in GRIDS, f"must be one of {', '.join(GRIDS)}"),
               ("cam-threshold", 0 <= options["cam_threshold"] <= 1, "must lie in [0, 1]"),
               ("dilation", options["dilation"] >= 1 and options["dilation"] % 2 == 1, "must be odd and >= 1"),
               ("theta", 0 <= options["theta"] <= 1, "must lie in [0, 1]")]
@@ -59,7 +59,7 @@ def _train(ctx: StageContext, data: DatasetFile, binary: np.ndarray, options: di
     except (ValueError, FileNotFoundError) as error:
         raise StageError(str(error)) from None
     config = TrainConfig(epochs=options["epochs"], batch_size=options["batch_size"], lr=options["lr"],
-                         output_stride=options["output_stride"], seed=ctx.seed)
+                         grid=options["grid"], seed=ctx.seed)
     click.echo(f"[{ctx.stage}] training a {options['backbone']} classifier on {len(train)} images "
                f"({len(val)} for validation), {config.epochs} epochs")
     state = ctx.path("diagnosis.pt.partial")
@@ -147,9 +147,10 @@ def _report(ctx: StageContext, metrics: dict[str, Any]) -> None:
                                          "pipelines/<dataset>.toml].")
 @click.option("--batch-size", type=int, help=f"Images per batch [default: {DEFAULTS['batch_size']}].")
 @click.option("--lr", type=float, help=f"Peak AdamW learning rate (warm-up, then cosine) [default: {DEFAULTS['lr']}].")
-@click.option("--output-stride", type=int, help=f"Input side / Grad-CAM grid side: 16 (a finer grid, the last "
-                                                "stage dilated) or 32 (the encoder as built) [default: "
-                                                f"{DEFAULTS['output_stride']}].")
+@click.option("--grid", type=click.Choice(GRIDS),
+              help="Where the classifier's encoder ends, the grid Grad-CAM reads: 'truncated' after its last "
+                   "stride-16 stage (localises best), 'dilated' (the whole encoder at stride 16) or 'full' "
+                   f"(stride 32) [default: {DEFAULTS['grid']}].")
 @click.option("--cam-threshold", type=float,
               help=f"A class's region: its Grad-CAM, scaled to [0, 1], at or above this [default: "
                    f"{DEFAULTS['cam_threshold']}].")
@@ -159,7 +160,7 @@ def _report(ctx: StageContext, metrics: dict[str, Any]) -> None:
                                           f"(recorded in adm.h5 for training) [default: {DEFAULTS['theta']}].")
 @click.option("--device", default="cuda" if torch.cuda.is_available() else "cpu", show_default=True)
 def command(ctx: StageContext, backbone: str, weights: str | None, classifier: Path | None, epochs: int | None,
-            batch_size: int | None, lr: float | None, output_stride: int | None, cam_threshold: float | None,
+            batch_size: int | None, lr: float | None, grid: str | None, cam_threshold: float | None,
             dilation: int | None, theta: float | None, device: str) -> None:
     """Train the 14-label diagnosis classifier and make Grad-CAM aggregate masks of every image.
 
@@ -171,14 +172,14 @@ def command(ctx: StageContext, backbone: str, weights: str | None, classifier: P
     """
     dataset_h5, labels_h5 = ctx.input("dataset.h5"), ctx.input("labels.h5")
     options = _options(ctx.dataset, dict(backbone=backbone, weights=weights, epochs=epochs, batch_size=batch_size,
-                                         lr=lr, output_stride=output_stride, cam_threshold=cam_threshold,
+                                         lr=lr, grid=grid, cam_threshold=cam_threshold,
                                          dilation=dilation, theta=theta))
     inputs = {"dataset": dataset_h5, "labels": labels_h5}
     if classifier is not None:
         train_options: dict[str, Any] = {"classifier": str(classifier)}
         train_inputs = {**inputs, "classifier": classifier}
     else:
-        train_options = {k: options[k] for k in ("backbone", "weights", "epochs", "batch_size", "lr", "output_stride")}
+        train_options = {k: options[k] for k in ("backbone", "weights", "epochs", "batch_size", "lr", "grid")}
         train_options["seed"] = ctx.seed
         train_inputs = {**inputs, **({"weights": Path(options["weights"])}
                                      if options["weights"] not in (None, "random") else {})}

@@ -15,16 +15,16 @@ from click.testing import CliRunner
 from torch import nn
 
 import stages.adm.classifier as classifier
-from stages.adm.backbone import set_output_stride
+from stages.adm.backbone import GRIDS, set_grid
 from stages.adm.classifier import (Diagnosis, DiagnosisNet, f1_thresholds, load_diagnosis, pool_studies,
                                    predict_labels, save_diagnosis)
 from stages.adm.enhance import enhance
 from stages.adm.gradcam import aggregate_mask, grad_cam, peaks, scale_maps
-from stages.adm.masks import read_masks
+from stages.adm.masks import adm_batch, read_masks
 from stages.adm.metrics import mask_iou, pointing_hits, score_test
 from stages.cli import main
 from stages.labeling.observations import NO_FINDING, OBSERVATIONS
-from stages.models.image_encoders import build_image_encoder
+from stages.models.image_encoders import ImageEncoder, build_image_encoder
 
 
 def invoke(*args, code=0):
@@ -79,21 +79,24 @@ def test_batched_grad_cam_equals_one_backward_pass_per_image_and_class():
     torch.manual_seed(0)
     head, grid = _Head(), torch.randn(4, 5, 3, 3)
     cams = grad_cam(head, grid)
-    assert cams.shape == (4, 3, 3, 3) and (cams >= 0).all()
+    assert cams.shape == (4, 3, 3, 3) and (cams < 0).any()  # signed: the ReLU belongs to the mask rule
     for b in range(4):
         for k in range(3):
             single = grid[b:b + 1].clone().requires_grad_(True)
             (grad,) = torch.autograd.grad(head(single)[0, k], single)
-            expected = (grad.mean(dim=(-2, -1))[0, :, None, None] * grid[b]).sum(0).relu()
+            expected = (grad.mean(dim=(-2, -1))[0, :, None, None] * grid[b]).sum(0)
             assert torch.allclose(cams[b, k], expected, atol=1e-6)
 
 
 def test_scale_peaks_and_aggregate_mask():
     cams = torch.zeros(1, 2, 4, 4)
-    cams[0, 0, 1, 2] = 5.0  # class 0 peaks in grid cell (1, 2); class 1 is empty
+    cams[0, 0, 1, 2] = 5.0  # class 0 peaks in grid cell (1, 2); class 1 is flat
     maps = scale_maps(cams, 16)
     assert maps.shape == (1, 2, 16, 16) and maps[0, 0].max() == 1 and (maps[0, 1] == 0).all()
     assert peaks(cams, 16)[0].tolist() == [[6, 10], [-1, -1]]  # cell centre (1.5*4, 2.5*4)
+    negative = torch.full((1, 1, 4, 4), -3.0)
+    negative[0, 0, 3, 0] = -1.0  # evidence negative everywhere: no Grad-CAM region, but a peak
+    assert not scale_maps(negative, 16).any() and peaks(negative, 16)[0].tolist() == [[14, 2]]
     selected = torch.tensor([[True, True]])
     undilated = aggregate_mask(maps, selected, threshold=0.6, dilation=1)
     dilated = aggregate_mask(maps, selected, threshold=0.6, dilation=5)
@@ -103,17 +106,57 @@ def test_scale_peaks_and_aggregate_mask():
         aggregate_mask(maps, selected, dilation=4)
 
 
-def test_output_stride_16_doubles_the_grid_and_keeps_the_weights():
-    encoder = build_image_encoder("efficientnet-lite0", "random").eval()  # batch-norm statistics fixed
-    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+class _TopLeft(nn.Module):
+    """Features of the top-left quadrant only: a network that cannot see the rest of the image."""
+
+    def forward(self, x):
+        keep = torch.zeros_like(x)
+        keep[..., :x.shape[-2] // 2, :x.shape[-1] // 2] = 1
+        return x * keep
+
+
+def test_a_network_that_sees_one_quadrant_lights_that_quadrant_only():
+    torch.manual_seed(0)
+    body = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AvgPool2d(4), _TopLeft())
+    nn.init.constant_(body[0].weight, 0.1)
+    nn.init.zeros_(body[0].bias)
+    net = DiagnosisNet(ImageEncoder("efficientnet-lite0", body, 4), sharpness=5.0).eval()
+    nn.init.constant_(net.head.weight, 1.0)  # every class: the brighter a cell, the higher its score
+    diagnosis = Diagnosis(net, "efficientnet-lite0", 32, "truncated", np.zeros(14), np.zeros(14))
+    images = np.full((3, 32, 32), 20, dtype=np.uint8)
+    images[:, 24:30, 24:30] = 255  # a bright patch the network cannot see
+    for i, (r, c) in enumerate([(2, 2), (8, 4), (4, 10)]):  # one it can, somewhere in its quadrant
+        images[i, r:r + 4, c:c + 4] = 255
+    batch = adm_batch(diagnosis, images, cam_threshold=0.6, dilation=1)
+    rows, cols = batch.cam_max[..., 0], batch.cam_max[..., 1]
+    assert (rows < 16).all() and (cols < 16).all()  # every class points into the seen quadrant
+    assert batch.mask.any(axis=(1, 2)).all() and not batch.mask[:, 16:, :].any() and not batch.mask[:, :, 16:].any()
+    for i, (r, c) in enumerate([(2, 2), (8, 4), (4, 10)]):  # and at the patch it saw
+        assert (abs(rows[i] - (r + 2)) <= 4).all() and (abs(cols[i] - (c + 2)) <= 4).all()
+
+
+@pytest.mark.parametrize("name", ["efficientnet-lite0", "resnet18", "densenet121"])
+def test_every_grid_keeps_the_pretrained_weights_and_its_side(name):
     x = torch.randn(1, 3, 128, 128)
-    with torch.no_grad():
-        assert encoder(x).shape[-2:] == (4, 4)
-        set_output_stride(encoder, 16)
-        assert encoder(x).shape[-2:] == (8, 8)
-    assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items())
-    with pytest.raises(ValueError):
-        set_output_stride(encoder, 8)
+    full = build_image_encoder(name, "random").eval()  # batch-norm statistics fixed
+    weights = {k: v.clone() for k, v in full.state_dict().items()}
+    sides = {}
+    for grid in GRIDS:
+        encoder = build_image_encoder(name, "random")
+        encoder.load_state_dict(weights)
+        set_grid(encoder, grid).eval()
+        with torch.no_grad():
+            out = encoder(x)
+        sides[grid] = out.shape[-2:]
+        assert out.shape[1] == encoder.channels
+        kept = encoder.state_dict()
+        assert all(torch.equal(v, weights[k]) for k, v in kept.items() if k in weights)
+        if grid == "truncated":  # fewer layers, each a pretrained one (possibly under a new name)
+            assert len(kept) < len(weights)
+            assert all(any(u.shape == v.shape and torch.equal(u, v) for u in weights.values()) for v in kept.values())
+    assert sides == {"truncated": (8, 8), "dilated": (8, 8), "full": (4, 4)}
+    with pytest.raises(ValueError, match="grid"):
+        set_grid(build_image_encoder(name, "random"), "stride8")
 
 
 # --- thresholds, pooling, test-time labels --------------------------------------------------------
@@ -135,9 +178,9 @@ def test_pool_studies_takes_the_maximum_over_views():
 @pytest.fixture(scope="module")
 def tiny_diagnosis():
     torch.manual_seed(0)
-    encoder = set_output_stride(build_image_encoder("efficientnet-lite0", "random"), 16)
+    encoder = set_grid(build_image_encoder("efficientnet-lite0", "random"), "truncated")
     net = DiagnosisNet(encoder, sharpness=5.0).eval()
-    return Diagnosis(net, "efficientnet-lite0", 64, 16, np.full(14, 0.5), np.full(14, 0.5))
+    return Diagnosis(net, "efficientnet-lite0", 64, "truncated", np.full(14, 0.5), np.full(14, 0.5))
 
 
 def test_predict_labels_follow_thresholds_and_the_no_finding_rule(tiny_diagnosis):

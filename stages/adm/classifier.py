@@ -27,7 +27,7 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 from tqdm import tqdm
 
-from stages.adm.backbone import set_output_stride
+from stages.adm.backbone import GRIDS, set_grid
 from stages.core.artifacts import load_torch
 from stages.labeling.observations import NO_FINDING, OBSERVATIONS
 from stages.models.image_encoders import ENCODERS, ImageEncoder, build_image_encoder
@@ -83,9 +83,9 @@ class TrainConfig:
     warmup_fraction: float = 0.1
     max_rotation: float = 7.0
     min_crop_area: float = 0.75
-    output_stride: int = 16
+    grid: str = "truncated"
     sharpness: float = 5.0
-    encoder_lr_scale: float = 0.1
+    encoder_lr_scale: float = 1.0
     min_val_positives: int = 3
     seed: int = 0
 
@@ -97,7 +97,7 @@ class Diagnosis:
     net: DiagnosisNet
     backbone: str
     image_size: int
-    output_stride: int
+    grid: str
     thresholds: np.ndarray
     study_thresholds: np.ndarray
     observations: tuple[str, ...] = OBSERVATIONS
@@ -282,7 +282,7 @@ def train_diagnosis(data: TrainData, encoder: ImageEncoder, config: TrainConfig,
     there and a later call with the same `resume_key` continues from it.
     """
     torch.manual_seed(config.seed)
-    net = DiagnosisNet(set_output_stride(encoder, config.output_stride), data.targets.shape[1],
+    net = DiagnosisNet(set_grid(encoder, config.grid), data.targets.shape[1],
                        config.dropout, config.sharpness).to(device)
     weight = torch.as_tensor(pos_weights(data.targets[data.train], config.max_pos_weight), dtype=torch.float32)
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=weight.to(device))
@@ -356,7 +356,7 @@ def train_diagnosis(data: TrainData, encoder: ImageEncoder, config: TrainConfig,
     # every view repeats its study's labels, so count positive studies, not images, for the rule
     scarce = study_targets.sum(axis=0) < config.min_val_positives
     image_thresholds[scarce] = 0.5
-    return Diagnosis(net.eval(), encoder.name, int(data.pixels.shape[-1]), config.output_stride,
+    return Diagnosis(net.eval(), encoder.name, int(data.pixels.shape[-1]), config.grid,
                      image_thresholds, study_thresholds, OBSERVATIONS, info)
 
 
@@ -369,7 +369,7 @@ def save_diagnosis(diagnosis: Diagnosis, path: Path) -> None:
         "backbone": diagnosis.backbone,
         "observations": list(diagnosis.observations),
         "image_size": diagnosis.image_size,
-        "output_stride": diagnosis.output_stride,
+        "grid": diagnosis.grid,
         "thresholds": [float(t) for t in diagnosis.thresholds],
         "study_thresholds": [float(t) for t in diagnosis.study_thresholds],
         "dropout": float(diagnosis.net.dropout.p),
@@ -395,13 +395,17 @@ def load_diagnosis(path: Path, expected_image_size: int | None = None, device: s
                          f"{expected_image_size} px; retrain it on this dataset with rrg-stage adm-masks")
     if saved["backbone"] not in ENCODERS:
         raise ValueError(f"{path} names an unknown backbone {saved['backbone']!r}")
-    encoder = set_output_stride(build_image_encoder(saved["backbone"], "random"), saved["output_stride"])
+    # checkpoints written before the grid option recorded an output stride (16: dilated, 32: full)
+    grid = saved.get("grid") or {16: "dilated", 32: "full"}.get(saved.get("output_stride"), "")
+    if grid not in GRIDS:
+        raise ValueError(f"{path} names an unknown classifier grid {grid!r}; retrain it with rrg-stage adm-masks")
+    encoder = set_grid(build_image_encoder(saved["backbone"], "random"), grid)
     net = DiagnosisNet(encoder, len(observations), saved["dropout"], saved["sharpness"])
     try:
         net.load_state_dict(saved["state_dict"])
     except RuntimeError as error:
         raise ValueError(f"{path} does not fit a {saved['backbone']} classifier: {error}") from None
-    return Diagnosis(net.to(device).eval(), saved["backbone"], int(saved["image_size"]), int(saved["output_stride"]),
+    return Diagnosis(net.to(device).eval(), saved["backbone"], int(saved["image_size"]), grid,
                      np.asarray(saved["thresholds"], dtype=np.float64),
                      np.asarray(saved["study_thresholds"], dtype=np.float64), tuple(saved["observations"]),
                      saved.get("info", {}))

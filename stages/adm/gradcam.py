@@ -3,6 +3,9 @@
 Grad-CAM weights each channel k of the final feature grid A (B, C, h, w) by the spatial mean of
 the class score's gradient and keeps the positive part:
     cam_c = ReLU(sum_k mean_ij(d y_c / d A_kij) * A_k).
+`grad_cam` returns the signed map inside the ReLU: the mask rule applies the ReLU, and a class's
+peak is the maximum of the signed map, which exists even where the evidence is negative
+everywhere (a positive finding the classifier scores low), where ReLU leaves nothing to point at.
 The backbone runs once per batch without autograd; gradients are taken through the head alone,
 for every class of every image in one batched backward pass (`is_grads_batched`), instead of one
 forward and one backward through the whole network per image and class.
@@ -23,7 +26,7 @@ import torch.nn.functional as F
 
 
 def grad_cam(classify: Callable[[torch.Tensor], torch.Tensor], grid: torch.Tensor) -> torch.Tensor:
-    """(B, K, h, w) non-negative class activation maps of all K classes for a (B, C, h, w) grid.
+    """(B, K, h, w) signed class activation maps (Grad-CAM before its ReLU) for a (B, C, h, w) grid.
 
     `classify` maps the grid to (B, K) class scores (logits); each image's scores must depend on
     that image's grid only (true of any head that pools per image; dropout must be off).
@@ -35,19 +38,20 @@ def grad_cam(classify: Callable[[torch.Tensor], torch.Tensor], grid: torch.Tenso
         selectors = torch.eye(classes, dtype=scores.dtype, device=scores.device)[:, None, :].expand(-1, batch, -1)
         (grads,) = torch.autograd.grad(scores, grid, grad_outputs=selectors, is_grads_batched=True)
     weights = grads.mean(dim=(-2, -1))  # (K, B, C)
-    return torch.einsum("kbc,bchw->bkhw", weights, grid.detach()).relu_()
+    return torch.einsum("kbc,bchw->bkhw", weights, grid.detach())
 
 
 def scale_maps(cams: torch.Tensor, size: int) -> torch.Tensor:
-    """Upsample (B, K, h, w) maps to (B, K, size, size) and min-max scale each to [0, 1] (flat -> 0)."""
-    maps = F.interpolate(cams, size=(size, size), mode="bilinear", align_corners=False)
+    """Grad-CAM of signed (B, K, h, w) maps: ReLU, upsampled to (B, K, size, size), min-max scaled
+    to [0, 1] (flat -> 0)."""
+    maps = F.interpolate(cams.relu(), size=(size, size), mode="bilinear", align_corners=False)
     low = maps.amin(dim=(-2, -1), keepdim=True)
     span = maps.amax(dim=(-2, -1), keepdim=True) - low
     return torch.where(span > 0, (maps - low) / span.clamp_min(torch.finfo(maps.dtype).tiny), torch.zeros_like(maps))
 
 
 def peaks(cams: torch.Tensor, size: int) -> torch.Tensor:
-    """(B, K, 2) int (row, col) image pixel of each map's maximum; (-1, -1) for an all-zero map.
+    """(B, K, 2) int (row, col) image pixel of each signed map's maximum; (-1, -1) for a flat map.
 
     The maximum of a bilinearly upsampled grid lies on a grid node, so the peak is taken on the
     grid and placed at the centre of its cell (no arbitrary tie-break inside a flat border zone).
@@ -58,7 +62,7 @@ def peaks(cams: torch.Tensor, size: int) -> torch.Tensor:
     rows = ((index // w).to(torch.float64) + 0.5) * size / h
     cols = ((index % w).to(torch.float64) + 0.5) * size / w
     out = torch.stack([rows, cols], dim=-1).floor_().to(torch.int64)
-    return out.masked_fill_((flat.amax(dim=-1) <= 0)[..., None], -1)
+    return out.masked_fill_((flat.amax(dim=-1) <= flat.amin(dim=-1))[..., None], -1)
 
 
 def aggregate_mask(maps: torch.Tensor, selected: torch.Tensor, threshold: float = 0.6,

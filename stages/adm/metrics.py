@@ -122,8 +122,9 @@ def score_test(*, probs: np.ndarray, cam_max: np.ndarray, masks: np.ndarray, ima
     centre = np.full_like(cam_max, regions.shape[-1] // 2)
     centre_hit = pointing_hits(centre, image_targets, regions, tolerance)[1] & scored
     pointing: dict[str, Any] = {"tolerance_px": tolerance,
-                                "rule": "positive label with a true region in the image; the class's Grad-CAM "
-                                        "maximum inside the region grown by tolerance_px"}
+                                "rule": "positive label with a true region in the image; the maximum of the class's "
+                                        "signed Grad-CAM map (before its ReLU) inside the region grown by "
+                                        "tolerance_px"}
     truth_union = regions.any(axis=1)
     iou = mask_iou(masks, truth_union)
     has_region = truth_union.any(axis=(-2, -1)) & found
