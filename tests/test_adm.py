@@ -22,7 +22,9 @@ from stages.adm.enhance import enhance
 from stages.adm.gradcam import aggregate_mask, grad_cam, peaks, scale_maps
 from stages.adm.masks import adm_batch, read_masks
 from stages.adm.metrics import mask_iou, pointing_hits, score_test
+from stages import adm_masks
 from stages.cli import main
+from stages.core.config import dataset_config
 from stages.labeling.observations import NO_FINDING, OBSERVATIONS
 from stages.models.image_encoders import ImageEncoder, build_image_encoder
 
@@ -255,6 +257,12 @@ def test_score_test_reports_auroc_pointing_and_iou():
     assert metrics["pointing_game"]["all"]["hit_rate"] == 1.0 and metrics["pointing_game"]["all"]["total"] == 4
     assert metrics["pointing_game"]["frontal"]["total"] == 2
     assert metrics["pointing_game"]["all"]["centre_baseline"] == 1.0  # (4, 4) is within 2 px of the region
+    assert metrics["pointing_game"]["all"]["hit_rate_inside"] == 1.0  # (1, 1) lies in it
+    cam_max[:4, 1] = (5, 5)  # one pixel off: a hit within the tolerance only
+    pointing = score_test(probs=probs, cam_max=cam_max, masks=masks, image_study=image_study,
+                          views=np.array(["frontal", "lateral"] * 4), study_targets=study_targets, regions=regions,
+                          found=np.ones(8, bool), min_positives=2)["pointing_game"]["all"]
+    assert pointing["hit_rate"] == 1.0 and pointing["hit_rate_inside"] == 0.0
     assert metrics["mask_iou"]["all"]["mean_iou"] == 1.0 and metrics["mask_iou"]["all"]["images_with_regions"] == 4
 
 
@@ -292,7 +300,8 @@ def test_adm_stage_writes_classifier_masks_metrics_and_overlays(adm_run):
         area = h5["area"][:]
         assert np.allclose(area, h5["mask"][:].reshape(n, -1).mean(axis=1), atol=1e-6)
         assert ((h5["probs"][:] >= 0) & (h5["probs"][:] <= 1)).all()
-        assert h5.attrs["cam_threshold"] == 0.6 and h5.attrs["dilation"] == 5 and h5.attrs["theta"] == 0.05  # pipelines/demo.toml
+        options = {**adm_masks.DEFAULTS, **dataset_config("demo")["adm-masks"]}
+        assert all(h5.attrs[key] == options[key] for key in ("cam_threshold", "dilation", "theta"))
         assert not h5["predicted"][:, NO_FINDING].any()
     assert read_masks(out / "adm.h5", np.array([3, 0, 3])).shape == (3, 64, 64)
     metrics = json.loads((out / "adm_metrics.json").read_text())

@@ -182,7 +182,7 @@ def test_end_to_end_ekagen_enhances_pixels_and_distils(chain, tmp_path):
     art = copy_chain(chain, tmp_path)
     train(art, "--model", "ekagen", "--epochs", 1, "--visual", "end-to-end", "--weights", "random")
     saved = load_model(art / "demo/runs/ekagen/model.pt")
-    assert saved.model.visual.mode == "end-to-end" and saved.model.visual.adm["theta"] == 0.01
+    assert saved.model.visual.mode == "end-to-end" and saved.model.visual.adm["theta"] == 0.9
     assert "features_adm" not in json.loads((art / "demo/runs/ekagen/model.pt.meta.json").read_text())["inputs"]
     invoke("distill", "--dataset", "demo", "--artifacts", art, "--teacher", "ekagen", "--epochs", 1,
            "--test-input", "plain")

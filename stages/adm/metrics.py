@@ -121,10 +121,11 @@ def score_test(*, probs: np.ndarray, cam_max: np.ndarray, masks: np.ndarray, ima
     scored &= found[:, None]
     centre = np.full_like(cam_max, regions.shape[-1] // 2)
     centre_hit = pointing_hits(centre, image_targets, regions, tolerance)[1] & scored
+    inside = pointing_hits(cam_max, image_targets, regions, 0)[1] & scored
     pointing: dict[str, Any] = {"tolerance_px": tolerance,
                                 "rule": "positive label with a true region in the image; the maximum of the class's "
                                         "signed Grad-CAM map (before its ReLU) inside the region grown by "
-                                        "tolerance_px"}
+                                        "tolerance_px (hit_rate_inside: the peak pixel itself)"}
     truth_union = regions.any(axis=1)
     iou = mask_iou(masks, truth_union)
     has_region = truth_union.any(axis=(-2, -1)) & found
@@ -136,6 +137,7 @@ def score_test(*, probs: np.ndarray, cam_max: np.ndarray, masks: np.ndarray, ima
                      for k in range(len(OBSERVATIONS)) if scored[rows, k].any()}
         pointing[view] = {"hit_rate": _rate(int(hit[rows].sum()), int(scored[rows].sum())),
                           "hits": int(hit[rows].sum()), "total": int(scored[rows].sum()),
+                          "hit_rate_inside": _rate(int(inside[rows].sum()), int(scored[rows].sum())),
                           "centre_baseline": _rate(int(centre_hit[rows].sum()), int(scored[rows].sum())),
                           "per_class": per_class}
         normal = rows & found & ~has_region
