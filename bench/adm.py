@@ -1,9 +1,10 @@
 """Benchmark: diagnosis-classifier training and ADM mask generation, images per second.
 
 Training: one step of `adm-masks` training (augmentation, forward, class-weighted BCE, backward,
-AdamW) on a batch of 128-px images, for the default `truncated` grid and the `dilated` one
-(the whole encoder at stride 16). Masks: `adm_batch` (probabilities, batched Grad-CAM of all 14
-classes, the aggregate mask) on a batch at once vs the same images one at a time. Every kind
+AdamW) on a batch of 128-px images, for every classifier grid (`fine`, the default, `truncated`,
+`dilated`, `full`; ratios against `truncated`). Masks, with the default grid: `adm_batch`
+(probabilities, batched Grad-CAM of all 14 classes, the aggregate mask) on a batch at once vs the
+same images one at a time. Every kind
 runs in each of --repeats interleaved rounds in one process; the table gives medians and ratios.
 Writes bench/results/adm.json.
 Usage: python bench/adm.py [--repeats 5] [--batch-size 32] [--size 128] [--device cpu]
@@ -21,9 +22,10 @@ import torch
 from torch import nn
 
 from common import machine, write_results
-from stages.adm.backbone import set_grid
+from stages.adm.backbone import GRIDS, set_grid
 from stages.adm.classifier import Diagnosis, DiagnosisNet, TrainConfig, augment, normalise
 from stages.adm.masks import adm_batch
+from stages.adm_masks import DEFAULTS
 from stages.models.image_encoders import build_image_encoder
 
 
@@ -47,7 +49,7 @@ def main() -> None:
     targets = torch.as_tensor(rng.random((b, 14)) < 0.2, dtype=torch.float32, device=args.device)
     config = TrainConfig()
     generator = torch.Generator().manual_seed(0)
-    models = {grid: classifier(grid, size, args.device) for grid in ("truncated", "dilated")}
+    models = {grid: classifier(grid, size, args.device) for grid in GRIDS}
     loss_fn = nn.BCEWithLogitsLoss()
 
     def train_step(diagnosis: Diagnosis) -> Callable[[], None]:
@@ -63,10 +65,9 @@ def main() -> None:
             optimizer.step()
         return step
 
-    masks = models["truncated"]
+    masks = models[DEFAULTS["grid"]]
     kinds: dict[str, Callable[[], None]] = {
-        "train truncated": train_step(models["truncated"]),
-        "train dilated": train_step(models["dilated"]),
+        **{f"train {grid}": train_step(model) for grid, model in models.items()},
         "masks batched": lambda: adm_batch(masks, images),
         "masks one at a time": lambda: [adm_batch(masks, images[i:i + 1]) for i in range(b)],
     }
@@ -89,7 +90,8 @@ def main() -> None:
         "classifier": "efficientnet-lite0 (ImageNet), log-sum-exp head, 14 classes",
         "median_images_per_second": median,
         "masks_batched_over_one_at_a_time": round(median["masks batched"] / median["masks one at a time"], 2),
-        "train_truncated_over_dilated": round(median["train truncated"] / median["train dilated"], 2),
+        "mask_grid": DEFAULTS["grid"],
+        "train_over_truncated": {grid: round(median[f"train {grid}"] / median["train truncated"], 2) for grid in GRIDS},
         "images_per_second": rates,
     }
     print(f"\nimages per second (batch {b}, {size} px, median of {args.repeats}; "
@@ -97,7 +99,7 @@ def main() -> None:
     for name, value in median.items():
         print(f"  {name:20s} {value:.1f}")
     print(f"  masks batched / one at a time: {results['masks_batched_over_one_at_a_time']}x; "
-          f"training truncated / dilated grid: {results['train_truncated_over_dilated']}x")
+          f"training speed against the truncated grid: {results['train_over_truncated']}")
     write_results("adm", results)
 
 

@@ -27,7 +27,7 @@ from stages.labeling.observations import OBSERVATIONS
 from stages.models.image_encoders import ENCODERS, build_image_encoder
 
 # Used where neither the command line nor pipelines/<dataset>.toml [adm-masks] gives a value.
-DEFAULTS: dict[str, Any] = {"epochs": 6, "batch_size": 32, "lr": 1e-3, "grid": "truncated", "cam_threshold": 0.6,
+DEFAULTS: dict[str, Any] = {"epochs": 6, "batch_size": 32, "lr": 1e-3, "grid": "fine", "cam_threshold": 0.6,
                             "dilation": 5, "theta": 0.4}
 
 
@@ -150,8 +150,9 @@ def _report(ctx: StageContext, metrics: dict[str, Any]) -> None:
 @click.option("--lr", type=float, help=f"Peak AdamW learning rate (warm-up, then cosine) [default: {DEFAULTS['lr']}].")
 @click.option("--grid", type=click.Choice(GRIDS),
               help="Where the classifier's encoder ends, the grid Grad-CAM reads: 'truncated' after its last "
-                   "stride-16 stage (localises best), 'dilated' (the whole encoder at stride 16) or 'full' "
-                   f"(stride 32) [default: {DEFAULTS['grid']}].")
+                   "stride-16 stage, 'fine' the same made stride 8 by dilation (localises best, 3x the "
+                   "step time), 'dilated' (the whole encoder at stride 16) or 'full' (stride 32) "
+                   f"[default: {DEFAULTS['grid']}].")
 @click.option("--cam-threshold", type=float,
               help=f"A class's region: its Grad-CAM, scaled to [0, 1], at or above this [default: "
                    f"{DEFAULTS['cam_threshold']}].")

@@ -153,10 +153,10 @@ def test_every_grid_keeps_the_pretrained_weights_and_its_side(name):
         assert out.shape[1] == encoder.channels
         kept = encoder.state_dict()
         assert all(torch.equal(v, weights[k]) for k, v in kept.items() if k in weights)
-        if grid == "truncated":  # fewer layers, each a pretrained one (possibly under a new name)
+        if grid in ("fine", "truncated"):  # fewer layers, each a pretrained one (possibly under a new name)
             assert len(kept) < len(weights)
             assert all(any(u.shape == v.shape and torch.equal(u, v) for u in weights.values()) for v in kept.values())
-    assert sides == {"truncated": (8, 8), "dilated": (8, 8), "full": (4, 4)}
+    assert sides == {"fine": (16, 16), "truncated": (8, 8), "dilated": (8, 8), "full": (4, 4)}
     with pytest.raises(ValueError, match="grid"):
         set_grid(build_image_encoder(name, "random"), "stride8")
 

@@ -83,7 +83,7 @@ class TrainConfig:
     warmup_fraction: float = 0.1
     max_rotation: float = 7.0
     min_crop_area: float = 0.75
-    grid: str = "truncated"
+    grid: str = "fine"
     sharpness: float = 5.0
     encoder_lr_scale: float = 1.0
     min_val_positives: int = 3
