@@ -10,13 +10,14 @@ BIN := $(VENV)/bin
 RRG := $(BIN)/rrg-stage
 INSTALLED := $(VENV)/.installed
 
-.PHONY: help setup check-java demo demo-ekagen iu_xray mimic mimic_cxr test bench clean-demo
+.PHONY: help setup check-java demo demo-ekagen demo-warmstart iu_xray mimic mimic_cxr test bench clean-demo
 .DEFAULT_GOAL := help
 
 help:
 	@echo "make demo      install everything and run every stage on the built-in demo dataset"
 	@echo "make test      install everything and run the test suite"
 	@echo "make demo-ekagen  EKAGen on the demo: knowledge, ADM, self-distillation and the ablation table"
+	@echo "make demo-warmstart  the warm-started encoder-decoder on the demo, against random initialisation"
 	@echo "make iu_xray   IU_XRAY_ROOT=/path/to/iu_xray (R2Gen layout: annotation.json + images/)"
 	@echo "make mimic     MIMIC_ROOT=/path/to/mimic-cxr-jpg/2.0.0 (with the report .txt files)"
 	@echo "make bench     run the benchmarks in bench/ and write bench/results/ (builds the demo first)"
@@ -41,12 +42,15 @@ include pipelines/stages.mk pipelines/demo.mk pipelines/iu_xray.mk pipelines/mim
 test: setup
 	$(BIN)/python -m pytest -q
 
-# bench/generate.py decodes with the demo's trained XProNet, so the demo chain is built first
-bench: setup $(ART)/demo/runs/xpronet/model.pt
+# bench/generate.py decodes with the demo's trained XProNet, and bench/warmstart_speed.py also with the
+# warm-started model, so both are trained first
+bench: setup $(ART)/demo/runs/xpronet/model.pt $(ART)/demo/runs/warmstart/model.pt
 	$(BIN)/python bench/preprocess.py
 	$(BIN)/python bench/label.py
 	$(BIN)/python bench/features.py
 	$(BIN)/python bench/evaluate.py
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/distill.py
+	$(BIN)/python bench/adm.py
 	$(BIN)/python bench/generate.py --run $(ART)/demo/runs/xpronet
+	$(BIN)/python bench/warmstart_speed.py --artifacts $(ART)

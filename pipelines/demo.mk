@@ -20,5 +20,12 @@ EKAGEN_RUNS := base ekagen-knowledge ekagen ekagen-gid1 ekagen-gid2
 demo-ekagen: setup $(foreach run,$(EKAGEN_RUNS),$(DEMO)/runs/$(run)/metrics_test.json)
 	$(BIN)/python bench/ekagen_ablation.py --artifacts $(ART) --dataset demo
 
+# the warm-started encoder-decoder and its random-initialisation twin (bench/results/warmstart.md), then the
+# methods table with every evaluated run (XProNet's included; EKAGen's when make demo-ekagen made them)
+WARMSTART_RUNS := warmstart warmstart-random xpronet
+demo-warmstart: setup $(foreach run,$(WARMSTART_RUNS),$(DEMO)/runs/$(run)/metrics_test.json)
+	$(BIN)/python bench/warmstart.py --artifacts $(ART) --dataset demo
+	$(RRG) compare --dataset demo --artifacts $(ART) --split test
+
 clean-demo:
 	rm -rf $(DEMO)

@@ -40,6 +40,14 @@ $(ART)/%/runs/ekagen/model.pt: $(ART)/%/features_adm.h5 $(ART)/%/labels.h5 $(ART
 $(ART)/%/runs/ekagen-gid1/model.pt $(ART)/%/runs/ekagen-gid2/model.pt: $(ART)/%/runs/ekagen/model.pt
 	$(RRG) distill --dataset $* --artifacts $(ART) --teacher ekagen --rounds 2
 
+# the warm-started encoder-decoder (`make demo-warmstart`): MiniLM-L6's weights in the decoder, and the same
+# architecture from random weights (the warm-start ablation)
+$(ART)/%/runs/warmstart/model.pt: $(ART)/%/dataset.h5 $(ART)/%/features.h5 $(ART)/%/labels.h5
+	$(RRG) train --dataset $* --artifacts $(ART) --model warmstart
+
+$(ART)/%/runs/warmstart-random/model.pt: $(ART)/%/dataset.h5 $(ART)/%/features.h5 $(ART)/%/labels.h5
+	$(RRG) train --dataset $* --artifacts $(ART) --model warmstart --init random --name warmstart-random
+
 $(ART)/%/metrics_test.json: $(ART)/%/model.pt
 	$(RRG) evaluate --run $(ART)/$*
 

@@ -32,6 +32,9 @@ def _teacher(ctx: StageContext, run_dir: Path, vocab: Vocabulary, device: str) -
         raise StageError(f"no trained run at {run_dir} (model.pt missing); train the teacher first, e.g. "
                          f"rrg-stage train --dataset {ctx.dataset} --model ekagen")
     saved = load_run(run_dir, device)
+    if not isinstance(saved.vocab, Vocabulary):
+        raise StageError(f"{run_dir} is a {saved.config.model} model with its decoder's own tokenizer; distill "
+                         "works on models of the dataset's R2Gen vocabulary (e.g. ekagen)")
     if list(saved.vocab.tokens) != list(vocab.tokens):
         raise StageError(f"the teacher {run_dir} was trained on another vocabulary ({len(saved.vocab)} tokens) than "
                          f"{ctx.path('vocab.json')} ({len(vocab)} tokens); its word distributions cannot teach this "

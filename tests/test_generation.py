@@ -21,13 +21,7 @@ from stages.models.image_encoders import ImageEncoder
 VOCAB, PATCHES, CHANNELS, GROUPS, PER_GROUP, PROTO_DIM = 20, 4, 16, 14, 4, 24
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread; on a busy machine extra intra-op threads only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(model: str = "xpronet", seed: int = 0, **overrides) -> ReportGenerator:

@@ -1,7 +1,7 @@
 """Run directories (`ARTIFACTS/<dataset>/runs/<name>/`) and the prediction files they hold.
 
 A run directory holds `run.json` ({"dataset", "model", and where known "decoding", "checkpoint",
-"oracle", "seed", "adm_enhanced_input", "distilled"}) and `predictions_<split>.csv` (columns id, report). `predictions_for_run` is
+"oracle", "seed", "adm_enhanced_input", "distilled", "init"}) and `predictions_<split>.csv` (columns id, report). `predictions_for_run` is
 the one place that turns a run into predictions; generating them from a checkpoint belongs there.
 """
 
@@ -22,7 +22,7 @@ from stages.core.errors import StageError
 
 RUN_FILE = "run.json"
 # run.json fields copied into metrics.json: what a reader needs to judge a number
-PROTOCOL_FIELDS = ("model", "decoding", "checkpoint", "oracle", "seed", "adm_enhanced_input", "distilled")
+PROTOCOL_FIELDS = ("model", "decoding", "checkpoint", "oracle", "seed", "adm_enhanced_input", "distilled", "init")
 
 
 def predictions_path(run_dir: Path, split: str) -> Path:

@@ -8,10 +8,15 @@ into a command-line option.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-MODELS = ("base", "xpronet", "ekagen")
+MODELS = ("base", "xpronet", "ekagen", "warmstart")
+# models whose reports are conditioned on labels (predicted by the diagnosis classifier at test time)
+LABEL_CONDITIONED = ("xpronet", "ekagen")
+# the warm-started decoder's fields; recorded only for warmstart, so the other models' records
+# (and the up-to-date checks that compare them) do not change
+WARMSTART_FIELDS = ("decoder", "decoder_config", "bos_id", "eos_id")
 
 
 @dataclass
@@ -47,12 +52,18 @@ class GeneratorConfig:
     con_base: float = 1.5
     knowledge_per_class: int = 8
     knowledge_dim: int = 384
+    decoder: str = "minilm"
+    decoder_config: dict[str, Any] = field(default_factory=dict)
+    bos_id: int = 0
+    eos_id: int = 0
 
     def validate(self) -> None:
         """ValueError naming the first setting that cannot build a model."""
         if self.model not in MODELS:
             raise ValueError(f"unknown generator model {self.model!r}; choose from {', '.join(MODELS)}")
-        if self.d_model % self.heads:
+        if self.model == "warmstart" and not self.decoder_config:
+            raise ValueError("a warmstart generator needs its decoder's config (decoder_config)")
+        if self.model != "warmstart" and self.d_model % self.heads:
             raise ValueError(f"d_model {self.d_model} is not divisible by heads {self.heads}")
         positive = ("vocab_size", "max_length", "d_model", "heads", "layers", "d_ff", "visual_dim", "max_views",
                     "num_classes", "protos_per_class", "proto_dim", "topk", "knowledge_per_class", "knowledge_dim")
@@ -66,7 +77,11 @@ class GeneratorConfig:
                              f"got {self.con_base}")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        values = dataclasses.asdict(self)
+        if self.model != "warmstart":
+            for name in WARMSTART_FIELDS:
+                del values[name]
+        return values
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "GeneratorConfig":

@@ -3,8 +3,13 @@
 The evaluation protocol decodes with beam search (3) and trigram blocking (R2Gen's setting);
 greedy is the cheap alternative. Both decode every study of a batch at once (beam search
 runs all studies x beams hypotheses in one `step` call), in eval mode without gradients, and
-return each study's token ids without BOS, cut before the first EOS (id 0), at most
-max_length - 1 tokens (BOS takes the first of max_length positions, as in the stored ids).
+return each study's token ids without BOS, cut before the first EOS, at most max_length - 1
+tokens (BOS takes the first of max_length positions, as in the stored ids). R2Gen's vocabulary
+uses id 0 for both BOS and EOS; a pretrained decoder passes its own tokenizer's.
+Trigram blocking works on words: R2Gen's vocabulary has one token per word; for a sub-word
+vocabulary (`word_start`: which ids begin a word) a hypothesis may not complete a word that would
+repeat a word trigram it already holds, so "pl ##eur ##al" can appear twice but "no pleural
+effusion" cannot.
 """
 
 from __future__ import annotations
@@ -30,24 +35,24 @@ def _inference(model: nn.Module) -> Iterator[None]:
         model.train(training)
 
 
-def _until_eos(rows: list[list[int]]) -> list[list[int]]:
-    return [row[:row.index(EOS)] if EOS in row else row for row in rows]
+def _until_eos(rows: list[list[int]], eos: int) -> list[list[int]]:
+    return [row[:row.index(eos)] if eos in row else row for row in rows]
 
 
 def greedy(model: nn.Module, visual: torch.Tensor, visual_mask: torch.Tensor, labels: torch.Tensor | None,
-           max_length: int) -> list[list[int]]:
+           max_length: int, *, bos: int = EOS, eos: int = EOS) -> list[list[int]]:
     """The most probable token at every step."""
     with _inference(model):
         state = model.encode(visual, visual_mask, labels)
-        prefix = torch.full((visual.shape[0], 1), EOS, dtype=torch.long, device=visual.device)
+        prefix = torch.full((visual.shape[0], 1), bos, dtype=torch.long, device=visual.device)
         done = torch.zeros(visual.shape[0], dtype=torch.bool, device=visual.device)
         for _ in range(max_length - 1):
-            token = model.step(state, prefix).argmax(dim=-1).masked_fill(done, EOS)
+            token = model.step(state, prefix).argmax(dim=-1).masked_fill(done, eos)
             prefix = torch.cat([prefix, token[:, None]], dim=1)
-            done |= token == EOS
+            done |= token == eos
             if bool(done.all()):
                 break
-        return _until_eos(prefix[:, 1:].tolist())
+        return _until_eos(prefix[:, 1:].tolist(), eos)
 
 
 def block_repeated_trigrams(log_probs: torch.Tensor, generated: torch.Tensor) -> torch.Tensor:
@@ -61,15 +66,45 @@ def block_repeated_trigrams(log_probs: torch.Tensor, generated: torch.Tensor) ->
     return log_probs.masked_fill(banned, float("-inf"))
 
 
+def block_repeated_word_trigrams(log_probs: torch.Tensor, generated: torch.Tensor, word_start: torch.Tensor,
+                                 eos: int) -> torch.Tensor:
+    """Sub-word vocabularies: when a hypothesis's last three words (its last word ends with the next
+    token if that starts a word, or is EOS) repeat a trigram of words it already contains, -inf for
+    every token that would end that word. log_probs (N, vocab); generated (N, n) tokens so far
+    (without BOS); word_start (vocab,) bool."""
+    rows, length = generated.shape
+    if length < 4:
+        return log_probs
+    starts = word_start[generated]
+    starts[:, 0] = True
+    word = starts.long().cumsum(dim=1) - 1                        # (N, n) word index of each token
+    last = word[:, -1]                                            # index of each hypothesis's last word
+    if int(last.max()) < 3:  # a repeat needs an earlier trigram that ends before the last one
+        return log_probs
+    positions = torch.arange(length, device=generated.device).expand(rows, -1)
+    offset = positions - torch.cummax(torch.where(starts, positions, 0), dim=1).values
+    words = generated.new_full((rows, int(word.max()) + 1, int(offset.max()) + 1), -1)
+    words[torch.arange(rows, device=generated.device)[:, None], word, offset] = generated
+    trigrams = torch.cat([words[:, :-2], words[:, 1:-1], words[:, 2:]], dim=2)   # (N, W-2, 3 * longest)
+    final = trigrams[torch.arange(rows, device=generated.device), (last - 2).clamp(min=0)]
+    earlier = torch.arange(trigrams.shape[1], device=generated.device)[None] <= (last - 3)[:, None]
+    pending = ((trigrams == final[:, None]).all(dim=2) & earlier).any(dim=1)
+    ends_word = word_start.clone()
+    ends_word[eos] = True
+    return log_probs.masked_fill(pending[:, None] & ends_word[None], float("-inf"))
+
+
 def beam_search(model: nn.Module, visual: torch.Tensor, visual_mask: torch.Tensor, labels: torch.Tensor | None,
                 beam_size: int = 3, max_length: int = 60, block_trigrams: bool = True,
-                length_penalty: float = 0.0) -> list[list[int]]:
+                length_penalty: float = 0.0, *, bos: int = EOS, eos: int = EOS,
+                word_start: torch.Tensor | None = None) -> list[list[int]]:
     """Beam search over all studies at once.
 
     Hypotheses are ranked by sum of log-probabilities / length ** length_penalty, the length
     counting generated tokens with the EOS (0, the default, ranks by the plain sum). A finished
     hypothesis keeps its beam slot and score, competing with the live ones until the end; the
-    best-ranked hypothesis of each study is returned.
+    best-ranked hypothesis of each study is returned. `word_start` (vocab,) bool marks the ids
+    that begin a word in a sub-word vocabulary (None: every token is a word).
     """
     if beam_size < 1:
         raise ValueError(f"beam_size must be >= 1, got {beam_size}")
@@ -77,7 +112,7 @@ def beam_search(model: nn.Module, visual: torch.Tensor, visual_mask: torch.Tenso
         batch, device = visual.shape[0], visual.device
         rows = batch * beam_size
         state = model.encode(visual, visual_mask, labels).repeat_interleave(beam_size)
-        prefix = torch.full((rows, 1), EOS, dtype=torch.long, device=device)
+        prefix = torch.full((rows, 1), bos, dtype=torch.long, device=device)
         scores = torch.full((batch, beam_size), float("-inf"), device=device)
         scores[:, 0] = 0.0  # one live hypothesis per study at the start, so beams do not duplicate
         lengths = torch.zeros(rows, device=device)
@@ -86,10 +121,12 @@ def beam_search(model: nn.Module, visual: torch.Tensor, visual_mask: torch.Tenso
         for _ in range(max_length - 1):
             log_probs = model.step(state, prefix)
             vocab = log_probs.shape[1]
-            if block_trigrams:
+            if block_trigrams and word_start is None:
                 log_probs = block_repeated_trigrams(log_probs, prefix[:, 1:])
+            elif block_trigrams:
+                log_probs = block_repeated_word_trigrams(log_probs, prefix[:, 1:], word_start, eos)
             finished = torch.full_like(log_probs[:1], float("-inf"))
-            finished[0, EOS] = 0.0
+            finished[0, eos] = 0.0
             log_probs = torch.where(done[:, None], finished, log_probs)
             candidates = scores.reshape(rows, 1) + log_probs
             new_lengths = lengths + (~done).to(lengths.dtype)
@@ -98,11 +135,11 @@ def beam_search(model: nn.Module, visual: torch.Tensor, visual_mask: torch.Tenso
             source = (offsets + best // vocab).view(-1)
             token = (best % vocab).view(-1)
             scores = candidates.view(batch, beam_size * vocab).gather(1, best)
-            lengths, done = new_lengths[source], done[source] | (token == EOS)
+            lengths, done = new_lengths[source], done[source] | (token == eos)
             prefix = torch.cat([prefix[source], token[:, None]], dim=1)
             state = state.select(source)
             if bool(done.all()):
                 break
         final = scores / lengths.view(batch, beam_size).clamp(min=1.0) ** length_penalty
         chosen = offsets[:, 0] + final.argmax(dim=1)
-        return _until_eos(prefix[chosen, 1:].tolist())
+        return _until_eos(prefix[chosen, 1:].tolist(), eos)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -37,6 +38,14 @@ class GeneratorOutput:
     logits: torch.Tensor              # (B, T-1, vocab) predicting targets[:, 1:]
     loss: torch.Tensor                # the total training loss
     terms: dict[str, torch.Tensor]    # detached parts: ce (and img_con, txt_con for XProNet)
+
+
+def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of logits (B, T-1, vocab) predicting targets[:, 1:] over the positions
+    target_mask[:, 1:] marks (the words and EOS; never padding)."""
+    gold = target_mask[:, 1:].to(logits.dtype)
+    token_ce = F.cross_entropy(logits.float().transpose(1, 2), targets[:, 1:], reduction="none")
+    return (token_ce * gold).sum() / gold.sum().clamp(min=1.0)
 
 
 @dataclass
@@ -71,6 +80,8 @@ class EncoderState:
 
 class ReportGenerator(nn.Module):
     """Visual tokens -> report token log-probabilities; see the module docstring."""
+
+    word_start: torch.Tensor | None = None  # every token of R2Gen's vocabulary is a word
 
     def __init__(self, config: GeneratorConfig, prototypes: np.ndarray | None = None,
                  knowledge: np.ndarray | None = None):
@@ -129,9 +140,7 @@ class ReportGenerator(nn.Module):
         hidden, _ = self.decoder(words, None, self.decoder.memory(memory), mask,
                                  self._knowledge(labels, memory.shape[0]))
         logits = self.head(hidden)
-        gold = target_mask[:, 1:].to(logits.dtype)
-        token_ce = F.cross_entropy(logits.float().transpose(1, 2), targets[:, 1:], reduction="none")
-        ce = (token_ce * gold).sum() / gold.sum().clamp(min=1.0)
+        ce = token_cross_entropy(logits, targets, target_mask)
         terms = {"ce": ce.detach()}
         loss = ce
         if condition is not None:
@@ -163,9 +172,19 @@ class ReportGenerator(nn.Module):
 
 
 def build_generator(config: GeneratorConfig, prototypes: np.ndarray | None = None,
-                    knowledge: np.ndarray | None = None) -> ReportGenerator:
+                    knowledge: np.ndarray | None = None, decoder_weights: Path | None = None) -> nn.Module:
     """A generator for `config`; XProNet's prototype matrix starts from `prototypes`
     ((num_classes, protos_per_class, proto_dim) as in prototypes.pkl, or flattened) and EKAGen's
     knowledge is `knowledge` (knowledge.pkl's RKS, (num_classes, knowledge_per_class,
-    knowledge_dim)), both placeholders when a checkpoint will be loaded. ValueError if they do not fit."""
+    knowledge_dim)), both placeholders when a checkpoint will be loaded. The warm-started decoder
+    starts from the weights in `decoder_weights` (a folder), or from transformers' initialisation
+    when None. ValueError if they do not fit."""
+    if config.model == "warmstart":
+        if prototypes is not None or knowledge is not None:
+            raise ValueError("prototypes or knowledge were given but the warmstart model uses neither")
+        from stages.generation.warmstart import WarmStartGenerator
+
+        return WarmStartGenerator(config, decoder_weights)
+    if decoder_weights is not None:
+        raise ValueError(f"decoder weights were given but model={config.model!r} has no pretrained decoder")
     return ReportGenerator(config, prototypes, knowledge)

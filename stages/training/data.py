@@ -8,6 +8,8 @@ Two visual modes share one batch layout, `views` (B, V, ...) with `view_mask` (B
   from 256 for training and resizes to 224 for testing). No horizontal flip: a report's "left"
   and "right" would no longer match the image.
 Studies with fewer views than V are padded and masked; extra views beyond V are left out.
+Targets are dataset.h5's R2Gen ids, or ids a model's own tokenizer made of the same cleaned
+reports (the warm-started decoder's sub-words; cut to the batch's longest report).
 EKAGen's ADM enhancement is applied to pixels here (from adm.h5's masks, before cropping); in
 cached mode the enhanced images' tokens come from their own feature file (features_adm.h5).
 """
@@ -32,7 +34,7 @@ class Batch:
     rows: np.ndarray            # (B,) study rows of dataset.h5
     views: torch.Tensor         # (B, V, P, C) tokens or (B, V, S, S) pixels
     view_mask: torch.Tensor     # (B, V) bool
-    targets: torch.Tensor       # (B, T) int64, R2Gen ids [0, w..., 0, pad 0]
+    targets: torch.Tensor       # (B, T) int64, R2Gen ids [0, w..., 0, pad 0] (or BOS, pieces..., EOS, pad)
     target_mask: torch.Tensor   # (B, T) bool, BOS..EOS
     labels: torch.Tensor        # (B, 14) float32 binary
     teacher_views: torch.Tensor | None = None  # distillation: the teacher's input (like views)
@@ -65,11 +67,17 @@ class StudySource:
 
     `labels` (n, 14) are the labels the model is conditioned on, one row per study: training
     labels from labels.h5 for the training split, predicted ones elsewhere (the caller decides).
+    `targets` ((n, T) ids, (n,) lengths) replace dataset.h5's R2Gen ids, e.g. a pretrained
+    decoder's sub-word ids of the same reports.
     """
 
     def __init__(self, dataset_h5: Path, labels: np.ndarray, *, features_h5: Path | None = None,
-                 max_views: int = 2, crop: int | None = None, adm: AdmEnhancement | None = None):
+                 max_views: int = 2, crop: int | None = None, adm: AdmEnhancement | None = None,
+                 targets: tuple[np.ndarray, np.ndarray] | None = None):
         self.data = DatasetFile(dataset_h5)
+        self.targets = targets
+        if targets is not None and len(targets[0]) != len(self.data):
+            raise StageError(f"{len(targets[0])} target rows for the {len(self.data)} studies of {dataset_h5}")
         self.labels = np.asarray(labels, dtype=np.float32)
         if len(self.labels) != len(self.data):
             raise StageError(f"{len(self.labels)} label rows for the {len(self.data)} studies of {dataset_h5}; "
@@ -133,8 +141,12 @@ class StudySource:
                 pixels[view_mask] = enhance(pixels[view_mask], sorted_read(self.masks, present).astype(bool),
                                             self.adm.theta, self.adm.background)
             visual = self._crop(torch.from_numpy(pixels).float().div_(255), train, generator)
-        targets = torch.from_numpy(self.data.token_ids[rows].astype(np.int64))
-        lengths = torch.from_numpy(self.data.token_len[rows].astype(np.int64))
+        if self.targets is None:
+            targets = torch.from_numpy(self.data.token_ids[rows].astype(np.int64))
+            lengths = torch.from_numpy(self.data.token_len[rows].astype(np.int64))
+        else:
+            lengths = torch.from_numpy(self.targets[1][rows].astype(np.int64))
+            targets = torch.from_numpy(self.targets[0][rows, :max(int(lengths.max()), 2)].astype(np.int64))
         target_mask = torch.arange(targets.shape[1])[None] < lengths[:, None]
         return Batch(rows, visual, torch.from_numpy(view_mask), targets, target_mask,
                      torch.from_numpy(self.labels[rows]))

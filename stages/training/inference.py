@@ -10,7 +10,7 @@ reference labels when the run was an explicit oracle ablation).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import h5py
@@ -24,12 +24,15 @@ from stages.adm.masks import adm_batch
 from stages.core.errors import StageError
 from stages.data.images import ImageError, load_xray
 from stages.features.extract import encode_images
+from stages.generation.config import LABEL_CONDITIONED
 from stages.models.image_encoders import build_image_encoder
 from stages.training.conditioning import predicted_study_labels
-from stages.training.data import Batch
+from stages.text.subword import SubwordTokenizer
+from stages.training.data import Batch, StudySource
 from stages.training.loop import decode_split
 from stages.training.model import SavedModel, load_model
 from stages.training.run import study_source
+from stages.training.warmstart import subword_targets
 
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
@@ -58,30 +61,65 @@ def load_run(run_dir: Path, device: str = "cpu") -> SavedModel:
         raise StageError(str(error)) from None
 
 
-def split_predictions(run_dir: Path, split: str, decoding: Decoding, device: str = "cpu") -> dict[str, str]:
-    """{study id: report} for every study of `split` of the run's dataset."""
-    saved = load_run(run_dir, device)
+def _split_source(saved: SavedModel, run_dir: Path, split: str, targets: bool = False
+                  ) -> tuple[StudySource, np.ndarray]:
+    """The run's dataset as the model reads it at test time, and the rows of `split`; with
+    `targets`, the reports in the model's own tokens (the warm-started model's sub-words)."""
     base = dataset_dir(run_dir)
     dataset_h5 = base / "dataset.h5"
     with h5py.File(dataset_h5, "r") as h5:
         n, image_study = h5["studies/id"].shape[0], h5["images/study"][:]
     labels = np.zeros((n, saved.config.num_classes), dtype=np.float32)
-    if saved.config.model != "base":
+    if saved.config.model in LABEL_CONDITIONED:
         if saved.info.get("oracle"):
             with h5py.File(base / "labels.h5", "r") as h5:
                 labels = h5["binary"][:].astype(np.float32)
         else:
             labels = predicted_study_labels(base / "adm.h5", base / "diagnosis.pt", image_study, n)
-    source = study_source(base, saved.model.visual, labels, enhanced=bool(saved.model.visual.adm))
+    subwords = None
+    if targets and isinstance(saved.vocab, SubwordTokenizer):
+        subwords = subword_targets(dataset_h5, saved.vocab, saved.config.max_length)[0]
+    source = study_source(base, saved.model.visual, labels, enhanced=bool(saved.model.visual.adm), targets=subwords)
+    rows = source.data.split_indices(split)
+    if not len(rows):
+        source.close()
+        raise StageError(f"{dataset_h5} has no {split!r} studies")
+    return source, rows
+
+
+def split_predictions(run_dir: Path, split: str, decoding: Decoding, device: str = "cpu") -> dict[str, str]:
+    """{study id: report} for every study of `split` of the run's dataset."""
+    saved = load_run(run_dir, device)
+    source, rows = _split_source(saved, run_dir, split)
     try:
-        rows = source.data.split_indices(split)
-        if not len(rows):
-            raise StageError(f"{dataset_h5} has no {split!r} studies")
         return decode_split(saved.model, source, rows, saved.vocab, beam_size=decoding.beam_size,
                             max_length=decoding.max_length or saved.config.max_length,
                             batch_size=decoding.batch_size, desc=f"generating {split}")
     finally:
         source.close()
+
+
+def image_reliance(run_dir: Path, split: str, batch_size: int = 16, device: str = "cpu") -> dict[str, float]:
+    """Mean token cross-entropy of the reference reports of `split` (teacher forcing) given each
+    study's own images and given the next study's (with the labels predicted from them, for a
+    label-conditioned model): a model that reads its images loses when they are swapped, one that
+    writes from its language prior alone does not."""
+    saved = load_run(run_dir, device)
+    model = saved.model.eval()
+    source, rows = _split_source(saved, run_dir, split, targets=True)
+    other = np.roll(rows, -1)
+    totals = {"own_images": 0.0, "other_images": 0.0}
+    try:
+        with torch.no_grad():
+            for start in range(0, len(rows), batch_size):
+                batch = source.batch(rows[start:start + batch_size])
+                swapped = source.batch(other[start:start + batch_size])
+                for key, views in (("own_images", batch), ("other_images", swapped)):
+                    given = replace(batch, views=views.views, view_mask=views.view_mask, labels=views.labels)
+                    totals[key] += float(model(given.to(device)).loss) * len(batch.rows)
+    finally:
+        source.close()
+    return {key: total / len(rows) for key, total in totals.items()}
 
 
 def image_predictions(run_dir: Path, studies: Sequence[tuple[str, Sequence[Path]]], decoding: Decoding,
@@ -103,7 +141,7 @@ def image_predictions(run_dir: Path, studies: Sequence[tuple[str, Sequence[Path]
         raise StageError("cannot read these images (nothing was generated):\n  " + "\n  ".join(errors))
     findings: dict[str, list[str]] = {}
     labels = np.zeros((len(studies), saved.config.num_classes), dtype=np.float32)
-    if saved.config.model != "base" or spec.adm:
+    if saved.config.model in LABEL_CONDITIONED or spec.adm:
         diagnosis_pt = dataset_dir(run_dir) / "diagnosis.pt"
         try:
             diagnosis = load_diagnosis(diagnosis_pt, spec.image_size, device)

@@ -34,7 +34,7 @@ from stages.evaluation.runs import write_predictions
 from stages.text.vocab import Vocabulary
 from stages.training.data import StudySource
 from stages.training.distributed import Dist, epoch_order
-from stages.training.model import ReportModel
+from stages.training.model import ReportModel, TextCodec
 
 if TYPE_CHECKING:
     from stages.training.distill import Teacher
@@ -86,7 +86,7 @@ def _save(path: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def decode_split(model: ReportModel, source: StudySource, rows: np.ndarray, vocab: Vocabulary, *,
+def decode_split(model: ReportModel, source: StudySource, rows: np.ndarray, vocab: TextCodec, *,
                  beam_size: int, max_length: int, batch_size: int, desc: str = "decoding") -> dict[str, str]:
     """{study id: generated report} for the given study rows (beam search, or greedy with beam 1)."""
     out: dict[str, str] = {}
@@ -101,9 +101,13 @@ def decode_split(model: ReportModel, source: StudySource, rows: np.ndarray, voca
 class Trainer:
     def __init__(self, model: ReportModel, source: StudySource, vocab: Vocabulary, options: TrainOptions,
                  run_dir: Path, context: Dist, *, max_length: int, header: dict[str, Any],
-                 teacher: Teacher | None = None, log: Callable[[str], None] = tqdm.write):
-        """`teacher`: distil from a frozen model (its loss term is added to every step's loss)."""
+                 teacher: Teacher | None = None, log: Callable[[str], None] = tqdm.write,
+                 text: TextCodec | None = None):
+        """`teacher`: distil from a frozen model (its loss term is added to every step's loss);
+        `vocab` decodes the validation references (dataset.h5's R2Gen ids), `text` the model's
+        reports when it has its own tokenizer (default: `vocab`)."""
         self.model, self.source, self.vocab, self.options, self.teacher = model, source, vocab, options, teacher
+        self.text = text or vocab
         self.run_dir, self.context, self.max_length, self.header, self.log = run_dir, context, max_length, header, log
         if options.monitor not in MONITORS:
             raise ValueError(f"--monitor must be one of {sorted(MONITORS)}, not {options.monitor!r}")
@@ -217,7 +221,7 @@ class Trainer:
                                   "lr": self.optimizer.param_groups[0]["lr"]}
         if self.context.main:
             started = time.time()
-            predictions = decode_split(self.model, self.source, self.val_rows, self.vocab,
+            predictions = decode_split(self.model, self.source, self.val_rows, self.text,
                                        beam_size=options.val_beam_size, max_length=self.max_length,
                                        batch_size=max(options.batch_size, 16), desc="validation")
             references = [self.vocab.decode(self.source.data.token_ids[r][1:]) for r in self.val_rows]

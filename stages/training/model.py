@@ -1,9 +1,9 @@
 """A trained report generator as one object: visual front end + generator + vocabulary + how it was built.
 
 `model.pt` (written by `train`) is self-contained: the generator's config and weights, the
-vocabulary, the visual mode (cached patch tokens from a named image encoder, or the encoder
-trained end to end), the image size it expects, whether images are ADM-enhanced first (EKAGen)
-and how its conditioning labels are obtained.
+vocabulary (for the warm-started model, its decoder's tokenizer files), the visual mode (cached
+patch tokens from a named image encoder, or the encoder trained end to end), the image size it
+expects, whether images are ADM-enhanced first (EKAGen) and how its conditioning labels are obtained.
 `generate` and `evaluate` rebuild everything from it.
 """
 
@@ -23,10 +23,14 @@ from stages.generation.decoding import beam_search, greedy
 from stages.generation.models import GeneratorOutput, build_generator
 from stages.generation.visual import VisualExtractor, cached_tokens
 from stages.models.image_encoders import build_image_encoder
+from stages.text.subword import SubwordTokenizer
 from stages.text.vocab import Vocabulary
 from stages.training.data import Batch
 
 FORMAT = "rrg-report-model/1"
+# what turns a model's token ids into report text: R2Gen's word vocabulary, or a pretrained
+# decoder's own sub-word tokenizer (warmstart)
+TextCodec = Vocabulary | SubwordTokenizer
 
 
 @dataclass
@@ -73,35 +77,39 @@ class ReportModel(nn.Module):
         """Token ids (without BOS, up to EOS) per study: beam search, or greedy for beam 1."""
         self.eval()
         visual, mask = self.tokens(batch)
+        config = self.generator.config
         if beam_size <= 1:
-            return greedy(self.generator, visual, mask, batch.labels, max_length)
-        return beam_search(self.generator, visual, mask, batch.labels, beam_size=beam_size, max_length=max_length)
+            return greedy(self.generator, visual, mask, batch.labels, max_length, bos=config.bos_id, eos=config.eos_id)
+        return beam_search(self.generator, visual, mask, batch.labels, beam_size=beam_size, max_length=max_length,
+                           bos=config.bos_id, eos=config.eos_id, word_start=self.generator.word_start)
 
 
 def build_model(config: GeneratorConfig, visual: VisualSpec, prototypes: np.ndarray | None = None,
-                knowledge: np.ndarray | None = None, encoder_weights: str | None = None) -> ReportModel:
-    """`encoder_weights` overrides `visual.weights` (e.g. "random" when a checkpoint will be loaded)."""
+                knowledge: np.ndarray | None = None, encoder_weights: str | None = None,
+                decoder_weights: Path | None = None) -> ReportModel:
+    """`encoder_weights` overrides `visual.weights` (e.g. "random" when a checkpoint will be loaded);
+    `decoder_weights` is the folder a warm-started decoder starts from (None: initialised)."""
     extractor = None
     if visual.mode == "end-to-end":
         extractor = VisualExtractor(build_image_encoder(visual.encoder, encoder_weights or visual.weights),
                                     visual.max_views)
-    return ReportModel(build_generator(config, prototypes, knowledge), visual, extractor)
+    return ReportModel(build_generator(config, prototypes, knowledge, decoder_weights), visual, extractor)
 
 
 @dataclass
 class SavedModel:
     model: ReportModel
-    vocab: Vocabulary
+    vocab: TextCodec
     config: GeneratorConfig
     info: dict[str, Any]
 
 
-def save_model(path: Path, model: ReportModel, vocab: Vocabulary, config: GeneratorConfig,
+def save_model(path: Path, model: ReportModel, vocab: TextCodec, config: GeneratorConfig,
                state_dict: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
     """model.pt: plain tensors and Python values (loadable with weights_only=True)."""
-    torch.save({"format": FORMAT, "config": config.to_dict(), "visual": vars(model.visual),
-                "vocab": list(vocab.tokens), "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
-                "info": info}, path)
+    text = {"tokenizer": vocab.state()} if isinstance(vocab, SubwordTokenizer) else {"vocab": list(vocab.tokens)}
+    torch.save({"format": FORMAT, "config": config.to_dict(), "visual": vars(model.visual), **text,
+                "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()}, "info": info}, path)
 
 
 def load_model(path: Path, device: str = "cpu") -> SavedModel:
@@ -113,4 +121,5 @@ def load_model(path: Path, device: str = "cpu") -> SavedModel:
     visual = VisualSpec(**saved["visual"])
     model = build_model(config, visual, encoder_weights="random")  # the trained weights follow
     model.load_state_dict(saved["state_dict"])
-    return SavedModel(model.to(device).eval(), Vocabulary(saved["vocab"]), config, saved["info"])
+    text = SubwordTokenizer.from_state(saved["tokenizer"]) if "tokenizer" in saved else Vocabulary(saved["vocab"])
+    return SavedModel(model.to(device).eval(), text, config, saved["info"])

@@ -22,14 +22,14 @@ import torch
 from stages.core.artifacts import atomic_output, read_manifest, write_json_atomic
 from stages.core.errors import StageError
 from stages.core.stage import StageContext
-from stages.generation.config import GeneratorConfig
+from stages.generation.config import LABEL_CONDITIONED, GeneratorConfig
 from stages.text.vocab import Vocabulary
 from stages.training.conditioning import conditioning_labels
 from stages.training.data import AdmEnhancement, StudySource
 from stages.training.distill import Teacher
 from stages.training.distributed import Dist
 from stages.training.loop import TrainOptions, Trainer
-from stages.training.model import ReportModel, VisualSpec, save_model
+from stages.training.model import ReportModel, TextCodec, VisualSpec, save_model
 
 # the encoder settings a feature file was made with; features_adm.h5 must match features.h5 in all
 ENCODER_OPTIONS = ("image_encoder", "weights", "input_size")
@@ -41,8 +41,8 @@ def conditioning(ctx: StageContext, model: str, oracle: bool, splits: np.ndarray
     labels_h5 = ctx.input("labels.h5")
     with h5py.File(labels_h5, "r") as h5:
         binary = h5["binary"][:].astype(np.float32)
-    if model == "base":
-        return binary, {}, "none (the base model is not label-conditioned)"
+    if model not in LABEL_CONDITIONED:
+        return binary, {}, f"none (the {model} model is not label-conditioned)"
     if oracle:
         return binary, {}, "ORACLE: val/test labels read from the reference reports (ablation only)"
     adm_h5, diagnosis_pt = ctx.input("adm.h5"), ctx.input("diagnosis.pt")
@@ -57,18 +57,19 @@ def source_files(spec: VisualSpec, enhanced: bool) -> list[str]:
     return ["adm.h5"] if enhanced else []
 
 
-def study_source(base: Path, spec: VisualSpec, labels: np.ndarray, enhanced: bool) -> StudySource:
+def study_source(base: Path, spec: VisualSpec, labels: np.ndarray, enhanced: bool,
+                 targets: tuple[np.ndarray, np.ndarray] | None = None) -> StudySource:
     """The StudySource of the dataset at `base` that gives a model with `spec` its inputs, plain
-    or ADM-enhanced (with spec.adm's settings)."""
+    or ADM-enhanced (with spec.adm's settings); `targets` replace the R2Gen ids (see StudySource)."""
     if enhanced and not spec.adm:
         raise StageError("ADM-enhanced inputs were asked for a model without ADM settings")
     dataset_h5 = base / "dataset.h5"
     if spec.mode == "cached":
         features = base / source_files(spec, enhanced)[0]
         check_cached(features, spec)
-        return StudySource(dataset_h5, labels, features_h5=features, max_views=spec.max_views)
+        return StudySource(dataset_h5, labels, features_h5=features, max_views=spec.max_views, targets=targets)
     adm = AdmEnhancement(base / "adm.h5", spec.adm["theta"], spec.adm["background"]) if enhanced else None
-    return StudySource(dataset_h5, labels, max_views=spec.max_views, crop=spec.input_size, adm=adm)
+    return StudySource(dataset_h5, labels, max_views=spec.max_views, crop=spec.input_size, adm=adm, targets=targets)
 
 
 def check_cached(features: Path, spec: VisualSpec) -> None:
@@ -104,9 +105,10 @@ def visual_spec(mode: str, options: dict[str, Any], feature_options: dict[str, A
 
 def fit_run(ctx: StageContext, context: Dist, run_dir: Path, model: ReportModel, source: Any, vocab: Vocabulary,
             config: GeneratorConfig, options: TrainOptions, run_options: dict[str, Any], inputs: dict[str, Path],
-            info: dict[str, Any], teacher: Teacher | None = None) -> dict[str, Any]:
+            info: dict[str, Any], teacher: Teacher | None = None, text: TextCodec | None = None) -> dict[str, Any]:
     """Train `model` into `run_dir` (resuming its last.pt) and write model.pt, run.json and the
-    manifest on rank 0. Returns the trainer's final state (best epoch and score)."""
+    manifest on rank 0. `vocab` is the dataset's (validation references); `text` the model's own
+    tokenizer when it has one (warmstart), else `vocab`. Returns the trainer's final state."""
     if ctx.force and context.main and run_dir.exists():
         shutil.rmtree(run_dir)
     context.barrier()
@@ -115,7 +117,7 @@ def fit_run(ctx: StageContext, context: Dist, run_dir: Path, model: ReportModel,
               "inputs": {k: (read_manifest(p) or {}).get("sha256") for k, p in sorted(inputs.items())}}
     try:
         trainer = Trainer(model, source, vocab, options, run_dir, context, max_length=config.max_length,
-                          header=header, teacher=teacher)
+                          header=header, teacher=teacher, text=text)
         state = trainer.fit()
     except ValueError as error:
         raise StageError(str(error)) from None
@@ -126,13 +128,14 @@ def fit_run(ctx: StageContext, context: Dist, run_dir: Path, model: ReportModel,
             f"val_{options.monitor}": state["best_score"]}
     model_pt = run_dir / "model.pt"
     with atomic_output(model_pt) as tmp:
-        save_model(tmp, model, vocab, config, best["model"], info)
+        save_model(tmp, model, text or vocab, config, best["model"], info)
     write_json_atomic(run_dir / "run.json", {
         "dataset": ctx.dataset, "model": config.model, "name": run_dir.name, "checkpoint": "model.pt",
         "best_epoch": state["best_epoch"], "selected_on": f"val {options.monitor}",
         f"val_{options.monitor}": state["best_score"], "oracle": info.get("oracle", False),
         "labels": info.get("labels"), "seed": options.seed, "visual": model.visual.mode,
         "adm_enhanced_input": bool(model.visual.adm), **({"distilled": info["distilled"]} if "distilled" in info else {}),
+        **({"init": info["init"], "warm_start": info.get("warm_start")} if "init" in info else {}),
         "decoding": {"beam_size": options.val_beam_size, "max_length": config.max_length, "block_trigrams": True}})
     ctx.finish(model_pt, options=run_options, inputs=inputs,
                counts={"best_epoch": state["best_epoch"], f"val_{options.monitor}": round(state["best_score"], 4),
