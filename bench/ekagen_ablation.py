@@ -10,14 +10,10 @@ Usage: python bench/ekagen_ablation.py [--artifacts artifacts] [--dataset demo] 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 
-from common import RESULTS, machine
-from stages.compare import current
-from stages.core.errors import StageError
-from stages.evaluation.table import comparison_table, to_markdown
+from common import evaluated_run, machine, write_table
+from stages.evaluation.table import comparison_table
 
 # (row label, run name) in the order the components are added
 VARIANTS = [("base", "base"), ("+ knowledge", "ekagen-knowledge"), ("+ knowledge + ADM (EKAGen)", "ekagen"),
@@ -35,15 +31,7 @@ def main() -> None:
     runs = args.artifacts / args.dataset / "runs"
     metrics, extra = {}, {}
     for label, name in VARIANTS:
-        path = runs / name / f"metrics_{args.split}.json"
-        try:
-            current(path, args.dataset)
-        except StageError as error:
-            sys.exit(f"{error}\n(build every run of the table with: make demo-ekagen)")
-        run = json.loads((runs / name / "run.json").read_text())
-        if not str(run.get("selected_on", "")).startswith("val"):
-            sys.exit(f"{runs / name} was not selected on validation; it cannot enter the table")
-        metrics[name] = json.loads(path.read_text())
+        metrics[name], run = evaluated_run(runs / name, args.split, args.dataset, "make demo-ekagen")
         extra[name] = {"variant": label, "best epoch": run["best_epoch"],
                        "test input": "ADM-enhanced" if run.get("adm_enhanced_input") else "plain"}
     table = comparison_table(metrics)
@@ -52,16 +40,12 @@ def main() -> None:
     table = table[COLUMNS]
     seeds = sorted({m.get("seed") for m in metrics.values()})
     info = machine()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    table.to_csv(RESULTS / "ekagen_ablation.csv", index=False)
     header = (f"# EKAGen ablation on the {args.dataset} {args.split} split\n\n"
               f"{int(table['studies'].iloc[0])} studies, every one scored; checkpoints selected on validation "
               f"BLEU-4; beam 3 with trigram blocking; CE by the `{metrics[VARIANTS[0][1]].get('labeler')}` labeler; "
               f"test-time labels from the diagnosis classifier (no oracle input); seed {', '.join(map(str, seeds))}.\n"
               f"Machine: {info['platform']}, {info['cpu_count']} CPUs, {info['date']}.\n\n")
-    (RESULTS / "ekagen_ablation.md").write_text(header + to_markdown(table))
-    print(header + to_markdown(table))
-    print(f"wrote {RESULTS / 'ekagen_ablation.csv'} and {RESULTS / 'ekagen_ablation.md'}")
+    write_table("ekagen_ablation", header, table)
 
 
 if __name__ == "__main__":

@@ -22,10 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from common import RESULTS, machine
-from stages.compare import current
-from stages.core.errors import StageError
-from stages.evaluation.table import comparison_table, to_markdown
+from common import RESULTS, evaluated_run, machine, write_table
+from stages.evaluation.table import comparison_table
 from stages.training.inference import image_reliance
 
 DEFAULT_PAIR = ("warmstart", "warmstart-random")
@@ -78,16 +76,9 @@ def main() -> None:
     metrics, histories, runs_json, options, pair_of = {}, {}, {}, {}, {}
     for number, pair in enumerate(pairs, 1):
         for name in pair:
-            path = runs / name / f"metrics_{args.split}.json"
-            try:
-                current(path, args.dataset)
-            except StageError as error:
-                sys.exit(f"{error}\n(build the default pair with: make demo-warmstart)")
-            runs_json[name] = json.loads((runs / name / "run.json").read_text())
-            if not str(runs_json[name].get("selected_on", "")).startswith("val"):
-                sys.exit(f"{runs / name} was not selected on validation; it cannot enter the table")
+            metrics[name], runs_json[name] = evaluated_run(runs / name, args.split, args.dataset,
+                                                           "make demo-warmstart (the default pair)")
             options[name] = json.loads((runs / name / "model.pt.meta.json").read_text())["options"]
-            metrics[name] = json.loads(path.read_text())
             histories[name] = epochs(runs / name)
             pair_of[name] = number
         warm, cold = pair
@@ -114,7 +105,6 @@ def main() -> None:
     train = options[pairs[0][0]]["train"]
     info = machine()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    table.to_csv(RESULTS / "warmstart.csv", index=False)
     plot(histories, inits, RESULTS / "warmstart_curves.png")
     header = (f"# Warm start vs random initialisation on the {args.dataset} {args.split} split\n\n"
               f"{int(table['studies'].iloc[0])} studies, every one scored. Within a pair the architecture (MiniLM-L6 "
@@ -128,9 +118,8 @@ def main() -> None:
               f"sub-word of the reference reports under teacher forcing, with each study's own images and with the "
               f"next study's; equal values mean the decoder does not use the images.\n"
               f"Machine: {info['platform']}, {info['cpu_count']} CPUs, {info['date']}.\n\n")
-    (RESULTS / "warmstart.md").write_text(header + to_markdown(table))
-    print(header + to_markdown(table))
-    print(f"wrote {RESULTS / 'warmstart.csv'}, {RESULTS / 'warmstart.md'} and {RESULTS / 'warmstart_curves.png'}")
+    write_table("warmstart", header, table)
+    print(f"and {RESULTS / 'warmstart_curves.png'}")
 
 
 if __name__ == "__main__":
