@@ -28,8 +28,9 @@ from stages.training.warmstart import build_warmstart, prepare
 # GeneratorConfig fields that come from the data, not from the user
 DERIVED = {"model", "vocab_size", "max_length", "visual_dim", "max_views", "proto_dim", "num_classes",
            "knowledge_per_class", "knowledge_dim", "decoder_config", "bos_id", "eos_id"}
-# a method's reference settings where they differ from the dataclass defaults (R2Gen / XProNet);
-# the dataset's [train] and [train.<model>] tables and the command line override them
+# a method's reference settings where they differ from the dataclass defaults (R2Gen / XProNet); they
+# override the dataset's [train] table (tuned for the R2Gen-family models) and are overridden by its
+# [train.<model>] table and the command line
 REFERENCE = {"ekagen": {"optimizer": "adamw", "lr": 1e-4, "lr_visual": 1e-5, "weight_decay": 1e-4, "clip": "norm",
                         "grad_clip": 0.1, "step_size": 20, "gamma": 0.1, "layers": 6, "d_model": 256,
                         "d_ff": 2048},
@@ -48,7 +49,8 @@ HELP = {
     "step_size": "Epochs between learning-rate decays (EKAGen: 20).",
     "gamma": "Learning-rate factor at each decay (EKAGen: 0.1).",
     "clip": f"Gradient clipping by {' or '.join(CLIPS)} (EKAGen: norm).", "grad_clip": "Clipping bound (0: off).",
-    "monitor": f"Validation metric that selects the checkpoint: {', '.join(MONITORS)}.",
+    "monitor": f"Validation metric that selects the checkpoint: {', '.join(MONITORS)} (bleu4_ce_f1: the mean "
+               "of BLEU-4 and CE micro-F1).",
     "val_beam_size": "Beam size when decoding the validation split (1: greedy).",
     "checkpoint_every": "Also save last.pt every this many steps inside an epoch (for resuming).",
 }

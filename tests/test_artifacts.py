@@ -109,3 +109,22 @@ def test_artifact_folders_can_be_moved(tmp_path):
     _artifact(tmp_path / "a" / "labels.h5", "labels", inputs={"dataset": upstream})
     (tmp_path / "a").rename(tmp_path / "b")
     assert artifacts.check_input(tmp_path / "b" / "labels.h5", "demo")["stage"] == "test"
+
+
+def test_config_layers_dataset_table_then_method_reference_then_method_table_then_cli(tmp_path, monkeypatch):
+    from stages.core import config
+
+    (tmp_path / "demo.toml").write_text('[train]\nlr = 1e-3\nd_model = 256\nepochs = 5\n\n'
+                                        '[train.ekagen]\nlayers = 3\n')
+    monkeypatch.setenv("RRG_PIPELINES", str(tmp_path))
+    config.dataset_config.cache_clear()
+    try:
+        reference = {"lr": 1e-4, "layers": 6, "d_model": 512}
+        options = config.resolve("demo", "train", {"epochs": 7, "lr": None}, variant="ekagen", fallback=reference)
+        # the dataset-wide lr is meant for other methods: the method's reference wins over it, the
+        # method's own table over the reference, the command line over everything
+        assert options == {"lr": 1e-4, "d_model": 512, "epochs": 7, "layers": 3}
+        assert config.resolve("demo", "train", {"lr": 2e-4}, variant="ekagen", fallback=reference)["lr"] == 2e-4
+        assert config.resolve("demo", "train", {}, variant="base")["lr"] == 1e-3
+    finally:
+        config.dataset_config.cache_clear()

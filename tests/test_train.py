@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -38,10 +39,15 @@ def test_train_writes_a_selected_self_contained_run(chain):
     for name in ("model.pt", "run.json", "log.jsonl", "curves.png", "predictions_val.csv", "last.pt", "best.pt"):
         assert (run / name).exists(), name
     info = json.loads((run / "run.json").read_text())
-    assert info["selected_on"] == "val bleu4" and info["oracle"] is False and info["best_epoch"] in (1, 2)
+    # the demo selects on the mean of validation BLEU-4 and CE micro-F1 (pipelines/demo.toml)
+    assert info["selected_on"] == "val bleu4_ce_f1" and info["oracle"] is False and info["best_epoch"] in (1, 2)
     epochs = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     epochs = [e for e in epochs if e["event"] == "epoch"]
-    assert [e["epoch"] for e in epochs] == [1, 2] and all("val_bleu4" in e for e in epochs)
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    for e in epochs:
+        assert e["val_bleu4_ce_f1"] == pytest.approx((e["val_bleu4"] + e["val_ce_f1"]) / 2)
+    best = max(epochs, key=lambda e: e["val_bleu4_ce_f1"])
+    assert info["best_epoch"] == best["epoch"] and info["val_bleu4_ce_f1"] == pytest.approx(best["val_bleu4_ce_f1"])
     saved = load_model(run / "model.pt")
     assert saved.config.d_model == 32 and saved.model.visual.mode == "cached"
     assert "up to date" in train(chain, "--model", "base", "--name", "base", "--epochs", 2)

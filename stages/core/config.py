@@ -39,10 +39,11 @@ def dataset_config(dataset: str) -> dict[str, Any]:
 
 def resolve(dataset: str, section: str, given: dict[str, Any], required: tuple[str, ...] = (),
             variant: str | None = None, fallback: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Options of one stage, later layers winning: `fallback` (e.g. a method's reference settings),
-    the dataset's [section], its [section.variant] sub-table, then the CLI values that were given."""
+    """Options of one stage, later layers winning: the dataset's [section], `fallback` (a method's
+    reference settings, which a dataset-wide value meant for other methods must not override), the
+    dataset's [section.variant] sub-table, then the CLI values that were given."""
     table = dataset_config(dataset).get(section, {})
-    layers = [fallback or {}, {k: v for k, v in table.items() if not isinstance(v, dict)},
+    layers = [{k: v for k, v in table.items() if not isinstance(v, dict)}, fallback or {},
               table.get(variant, {}) if variant else {}]
     options = {key.replace("-", "_"): value for layer in layers for key, value in layer.items()}
     options.update({key: value for key, value in given.items() if value is not None or key not in options})
