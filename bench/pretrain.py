@@ -70,7 +70,7 @@ def measure(setting: str, steps: int, batch_size: int, size: int, device: str) -
     peak_mb = (torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda")
                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return {"images_per_s": steps * batch_size * views / seconds, "seconds_per_step": seconds / steps,
-            "peak_mb": peak_mb}
+            "peak_mb": peak_mb, "threads": torch.get_num_threads()}
 
 
 def main() -> None:
