@@ -9,6 +9,10 @@ The linear probe reads the encoder alone (the frozen encoders' rows are plain Im
 features); zero-shot and retrieval need the projection heads, which every row trained with the
 same objective, data and budget.
 Usage: python bench/prior.py [--artifacts artifacts] [--dataset demo] [--split test] [--runs NAME ...]
+       (the README's table: --runs random imagenet imagenet-seed1 prior prior-seed1 global-only, after
+       `rrg-stage pretrain --seed 1 --name prior-seed1`, `... --freeze-encoder --seed 1 --name imagenet-seed1`,
+       `... --no-local --no-spb --no-image-reconstruction --no-report-reconstruction --name global-only` and
+       `rrg-stage probe --run` of each)
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ def row(run_dir: Path, split: str, dataset: str) -> dict:
     linear, zero, found = probe["linear_probe"], probe["zero_shot"], probe["retrieval"]
     return {"run": run_dir.name, "encoder": run["image_encoder"], "init": run["init"],
             "encoder trained": not run["freeze_encoder"], "losses": "+".join(run["losses"]),
-            "epochs": run["epochs"], "best epoch": run["best_epoch"], "studies": probe["studies"],
+            "seed": run["seed"], "epochs": run["epochs"], "best epoch": run["best_epoch"], "studies": probe["studies"],
             "linear probe macro-AUROC": linear["macro_auroc"], "probe C": linear["C"],
             "zero-shot macro-AUROC": zero["macro_auroc"], "R@1": found["recall@1"], "R@5": found["recall@5"],
             "R@10": found["recall@10"], "reports": found["reports"], "classes": len(linear["macro_over"])}
