@@ -27,5 +27,11 @@ demo-warmstart: setup $(foreach run,$(WARMSTART_RUNS),$(DEMO)/runs/$(run)/metric
 	$(BIN)/python bench/warmstart.py --artifacts $(ART) --dataset demo
 	$(RRG) compare --dataset demo --artifacts $(ART) --split test
 
+# PRIOR pretraining: the pretrained encoder and its two frozen-encoder baselines, scored by zero-shot
+# classification, a linear probe and retrieval (bench/results/prior.md)
+PRIOR_RUNS := random imagenet prior
+demo-prior: setup $(DEMO)/labels.h5 $(foreach run,$(PRIOR_RUNS),$(DEMO)/pretrain/$(run)/probe_test.json)
+	$(BIN)/python bench/prior.py --artifacts $(ART) --dataset demo
+
 clean-demo:
 	rm -rf $(DEMO)

@@ -48,6 +48,20 @@ $(ART)/%/runs/warmstart/model.pt: $(ART)/%/dataset.h5 $(ART)/%/features.h5 $(ART
 $(ART)/%/runs/warmstart-random/model.pt: $(ART)/%/dataset.h5 $(ART)/%/features.h5 $(ART)/%/labels.h5
 	$(RRG) train --dataset $* --artifacts $(ART) --model warmstart --init random --name warmstart-random
 
+# PRIOR pretraining (`make demo-prior`): the pretrained encoder, and the same heads and text side trained on a
+# frozen ImageNet or random encoder (the baselines of the probe table); each run is scored by `probe`
+$(ART)/%/pretrain/prior/encoder.pt: $(ART)/%/dataset.h5
+	$(RRG) pretrain --dataset $* --artifacts $(ART)
+
+$(ART)/%/pretrain/imagenet/encoder.pt: $(ART)/%/dataset.h5
+	$(RRG) pretrain --dataset $* --artifacts $(ART) --freeze-encoder --name imagenet
+
+$(ART)/%/pretrain/random/encoder.pt: $(ART)/%/dataset.h5
+	$(RRG) pretrain --dataset $* --artifacts $(ART) --freeze-encoder --weights random --name random
+
+$(ART)/%/probe_test.json: $(ART)/%/encoder.pt
+	$(RRG) probe --run $(ART)/$*
+
 $(ART)/%/metrics_test.json: $(ART)/%/model.pt
 	$(RRG) evaluate --run $(ART)/$*
 

