@@ -1,7 +1,7 @@
 """The EKAGen ablation table: base, + knowledge, + ADM, + 1 and 2 rounds of self-distillation.
 
 Reads the test metrics that `rrg-stage evaluate` wrote for each run of `make demo-ekagen` (every
-test study scored, each checkpoint selected on validation BLEU-4), checks that each is current
+test study scored, each checkpoint selected on validation), checks that each is current
 and validation-selected, and writes one table as CSV and Markdown (with the machine and seed)
 to bench/results/ekagen_ablation.{csv,md}.
 Usage: python bench/ekagen_ablation.py [--artifacts artifacts] [--dataset demo] [--split test]
@@ -29,9 +29,10 @@ def main() -> None:
     parser.add_argument("--split", default="test")
     args = parser.parse_args()
     runs = args.artifacts / args.dataset / "runs"
-    metrics, extra = {}, {}
+    metrics, extra, selected = {}, {}, set()
     for label, name in VARIANTS:
         metrics[name], run = evaluated_run(runs / name, args.split, args.dataset, "make demo-ekagen")
+        selected.add(run["selected_on"])
         extra[name] = {"variant": label, "best epoch": run["best_epoch"],
                        "test input": "ADM-enhanced" if run.get("adm_enhanced_input") else "plain"}
     table = comparison_table(metrics)
@@ -41,8 +42,9 @@ def main() -> None:
     seeds = sorted({m.get("seed") for m in metrics.values()})
     info = machine()
     header = (f"# EKAGen ablation on the {args.dataset} {args.split} split\n\n"
-              f"{int(table['studies'].iloc[0])} studies, every one scored; checkpoints selected on validation "
-              f"BLEU-4; beam 3 with trigram blocking; CE by the `{metrics[VARIANTS[0][1]].get('labeler')}` labeler; "
+              f"{int(table['studies'].iloc[0])} studies, every one scored; checkpoints selected on "
+              f"{' / '.join(sorted(selected))}; beam 3 with trigram blocking; "
+              f"CE by the `{metrics[VARIANTS[0][1]].get('labeler')}` labeler; "
               f"test-time labels from the diagnosis classifier (no oracle input); seed {', '.join(map(str, seeds))}.\n"
               f"Machine: {info['platform']}, {info['cpu_count']} CPUs, {info['date']}.\n\n")
     write_table("ekagen_ablation", header, table)
