@@ -151,6 +151,15 @@ class DatasetFile:
     def split_indices(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.splits == split)
 
+    def view_rows(self, max_views: int) -> np.ndarray:
+        """(n_studies, max_views) image row of each study's first views; -1 where a study has fewer."""
+        counts = np.minimum(self.image_count, max_views)
+        rows = np.full((len(self), max_views), -1, dtype=np.int64)
+        for v in range(max_views):
+            has = counts > v
+            rows[has, v] = self.image_start[has] + v
+        return rows
+
     def images(self, study: int) -> np.ndarray:
         """(views, S, S) uint8 images of one study."""
         start = int(self.image_start[study])

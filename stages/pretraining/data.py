@@ -42,11 +42,7 @@ class PairSource:
         self.max_views = max_views
         self.augmentation = augmentation
         self.sentences = [split_sentences(report)[:max_sentences] for report in self.data.reports]
-        counts = np.minimum(self.data.image_count, max_views)
-        self.view_rows = np.full((len(self.data), max_views), -1, dtype=np.int64)
-        for v in range(max_views):
-            has = counts > v
-            self.view_rows[has, v] = self.data.image_start[has] + v
+        self.view_rows = self.data.view_rows(max_views)
 
     @property
     def image_size(self) -> int:

@@ -103,11 +103,7 @@ class StudySource:
             if self.masks.shape != self.data.pixels.shape:
                 raise StageError(f"{adm.adm_h5} has masks of shape {self.masks.shape} but {dataset_h5} has images of "
                                  f"shape {self.data.pixels.shape}; rebuild it with rrg-stage adm-masks --force")
-        counts = np.minimum(self.data.image_count, max_views)
-        self.view_rows = np.full((len(self.data), max_views), -1, dtype=np.int64)
-        for v in range(max_views):
-            has = counts > v
-            self.view_rows[has, v] = self.data.image_start[has] + v
+        self.view_rows = self.data.view_rows(max_views)
 
     @property
     def cached(self) -> bool:
