@@ -51,9 +51,16 @@ def test_train_writes_a_selected_self_contained_run(chain):
     saved = load_model(run / "model.pt")
     assert saved.config.d_model == 32 and saved.model.visual.mode == "cached"
     assert "up to date" in train(chain, "--model", "base", "--name", "base", "--epochs", 2)
-    # other options for the same run name: the stale last.pt is refused, never silently mixed in
+    # other options for a finished run: it is trained again from scratch and replaced
+    (run / "predictions_test.csv").write_text("id,report\n")  # stands for evaluate's results of the old model
+    output = train(chain, "--model", "base", "--name", "base", "--epochs", 3)
+    assert "finished run with other options" in output and "resuming" not in output
+    assert [json.loads(line)["epoch"] for line in (run / "log.jsonl").read_text().splitlines()
+            if '"event": "epoch"' in line] == [1, 2, 3]
+    assert not (run / "predictions_test.csv").exists()
+    # other options for an unfinished run (no model.pt): its last.pt is refused, never lost or mixed in
     (run / "model.pt").unlink()
-    assert "other options or inputs" in train(chain, "--model", "base", "--name", "base", "--epochs", 3, code=1)
+    assert "other options or inputs" in train(chain, "--model", "base", "--name", "base", "--epochs", 2, code=1)
 
 
 @needs_demo

@@ -109,12 +109,15 @@ def fit_run(ctx: StageContext, context: Dist, run_dir: Path, model: ReportModel,
     """Train `model` into `run_dir` (resuming its last.pt) and write model.pt, run.json and the
     manifest on rank 0. `vocab` is the dataset's (validation references); `text` the model's own
     tokenizer when it has one (warmstart), else `vocab`. Returns the trainer's final state."""
-    if ctx.force and context.main and run_dir.exists():
+    header = {"options": run_options,
+              "inputs": {k: (read_manifest(p) or {}).get("sha256") for k, p in sorted(inputs.items())}}
+    if context.main and run_dir.exists() and (ctx.force or _finished_with_other_header(run_dir, header)):
+        if not ctx.force:
+            click.echo(f"[{ctx.stage}] {run_dir} holds a finished run with other options or inputs; "
+                       "training it again (its model and results are replaced)")
         shutil.rmtree(run_dir)
     context.barrier()
     run_dir.mkdir(parents=True, exist_ok=True)
-    header = {"options": run_options,
-              "inputs": {k: (read_manifest(p) or {}).get("sha256") for k, p in sorted(inputs.items())}}
     try:
         trainer = Trainer(model, source, vocab, options, run_dir, context, max_length=config.max_length,
                           header=header, teacher=teacher, text=text)
@@ -142,6 +145,15 @@ def fit_run(ctx: StageContext, context: Dist, run_dir: Path, model: ReportModel,
                        "epochs": options.epochs})
     click.echo(f"[{ctx.stage}] curves: {run_dir / 'curves.png'}; evaluate with rrg-stage evaluate --run {run_dir}")
     return state
+
+
+def _finished_with_other_header(run_dir: Path, header: dict[str, Any]) -> bool:
+    """A finished run (model.pt written) whose last.pt has another header is stale and may be
+    replaced; an unfinished one is kept, so that an interrupted run is never lost to a typo."""
+    last = run_dir / "last.pt"
+    if not (run_dir / "model.pt").exists() or not last.exists():
+        return False
+    return torch.load(last, map_location="cpu", weights_only=False).get("header") != header
 
 
 def train_options(options: dict[str, Any], seed: int) -> TrainOptions:
