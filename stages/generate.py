@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 import torch
 
-from stages.evaluation.runs import write_predictions
+from stages.evaluation.runs import read_run, write_predictions
 from stages.training.inference import Decoding, image_predictions, read_study_list
 
 
@@ -19,9 +19,11 @@ from stages.training.inference import Decoding, image_predictions, read_study_li
               help="Write id,report CSV here instead of printing the reports.")
 @click.option("--beam-size", default=3, show_default=True, help="Beam size (1: greedy).")
 @click.option("--max-length", type=int, help="Longest report in tokens [default: the model's].")
+@click.option("--length-penalty", type=float,
+              help="Beam search ranks by log-probability / length ** this [default: the run's, from run.json].")
 @click.option("--device", default="cuda" if torch.cuda.is_available() else "cpu", show_default=True)
 def command(run_dir: Path, inputs: tuple[Path, ...], output: Path | None, beam_size: int, max_length: int | None,
-            device: str) -> None:
+            length_penalty: float | None, device: str) -> None:
     """Write a report for each study in INPUTS.
 
     INPUTS are image files (each one study), folders (each one study: its images in name order,
@@ -30,7 +32,10 @@ def command(run_dir: Path, inputs: tuple[Path, ...], output: Path | None, beam_s
     classifier for their labels, never a report.
     """
     studies = read_study_list(inputs)
-    reports, findings = image_predictions(run_dir, studies, Decoding(beam_size, max_length), device)
+    if length_penalty is None:
+        length_penalty = float((read_run(run_dir).get("decoding") or {}).get("length_penalty", 0.0))
+    decoding = Decoding(beam_size, max_length, length_penalty=length_penalty)
+    reports, findings = image_predictions(run_dir, studies, decoding, device)
     if output is not None:
         write_predictions(output, reports)
         click.echo(f"[generate] wrote {len(reports)} reports to {output}")

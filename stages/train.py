@@ -52,13 +52,16 @@ HELP = {
     "monitor": f"Validation metric that selects the checkpoint: {', '.join(MONITORS)} (bleu4_ce_f1: the mean "
                "of BLEU-4 and CE micro-F1).",
     "val_beam_size": "Beam size when decoding the validation split (1: greedy).",
+    "length_penalty": "Beam search ranks hypotheses by log-probability / length ** this (0: the plain sum, R2Gen's, "
+                      "which favours short reports); used for validation and recorded as the run's decoding, which "
+                      "evaluate and generate then use.",
     "checkpoint_every": "Also save last.pt every this many steps inside an epoch (for resuming).",
 }
 GENERATOR_HELP = {
     "d_model": "Width of the encoder and decoder (EKAGen: 256; warmstart: the decoder's).", "heads": "Attention heads.",
     "layers": "Layers of the encoder and of the decoder (EKAGen: 6).",
     "d_ff": "Width of the feed-forward blocks (EKAGen: 2048).",
-    "dropout": "Dropout.", "protos_per_class": "XProNet: prototypes per label group (prototypes.pkl's group size).",
+    "dropout": "Dropout.",
     "topk": "XProNet: prototypes each query keeps per head.",
     "img_con_weight": "XProNet: weight of the image-side contrastive loss.",
     "txt_con_weight": "XProNet: weight of the text-side contrastive loss.",

@@ -277,6 +277,29 @@ def test_trigram_blocking_never_repeats_a_trigram():
     assert torch.isinf(blocked[0, 3]) and torch.isfinite(blocked[0, [0, 1, 2, 4, 5]]).all()
 
 
+class Hesitant(nn.Module):
+    """Stops at once with probability 0.5, else says 1 four times (each at 0.98) and stops: the
+    empty report has the larger total log-probability (-0.69 vs -0.77), the long one the larger
+    mean per token (-0.15 vs -0.69)."""
+
+    def encode(self, visual, visual_mask, labels):
+        return _State()
+
+    def step(self, state, prefix):
+        said = (prefix[:, 1:] == 1).sum(dim=1)
+        stop = torch.where(said == 0, 0.5, torch.where(said < 4, 0.02, 0.98))
+        probs = torch.zeros(len(prefix), 3)
+        probs[:, 0], probs[:, 1], probs[:, 2] = stop, (1 - stop) * 0.999, (1 - stop) * 0.001
+        return probs.log()
+
+
+def test_length_penalty_ranks_by_log_probability_per_token():
+    visual, mask = torch.zeros(1, 1, 1), torch.ones(1, 1, dtype=torch.bool)
+    search = dict(beam_size=3, max_length=10, block_trigrams=False)  # 1 1 1 1 repeats a trigram
+    assert beam_search(Hesitant(), visual, mask, None, **search) == [[]]
+    assert beam_search(Hesitant(), visual, mask, None, **search, length_penalty=1.0) == [[1, 1, 1, 1]]
+
+
 def test_beam_search_over_a_batch_equals_each_study_alone(overfit):
     generator, inputs = overfit
     other = batch(seed=7)  # its study 1 has one view only

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from conftest import TINY, copy_chain, invoke, needs_demo, run_killed, same_weights, train  # tests/ is on sys.path under pytest
+import stages.training.model
 from stages.evaluation.nlg import NlgScorer
 from stages.training.distributed import Dist, epoch_order
 from stages.training.model import load_model
@@ -151,11 +152,16 @@ def test_generate_reads_files_folders_and_csv_and_names_bad_files(chain, tmp_pat
 @needs_demo
 def test_evaluate_run_decodes_every_test_study(chain, monkeypatch):
     monkeypatch.setattr(NlgScorer, "meteor", lambda self, gts, res: 0.5)  # no Java needed here
-    train(chain, "--model", "base", "--name", "base", "--epochs", 2)
-    run = chain / "demo" / "runs" / "base"
+    train(chain, "--model", "base", "--name", "base-lp", "--epochs", 2, "--length-penalty", 0.5)
+    run = chain / "demo" / "runs" / "base-lp"
+    penalties = []  # the decoding the run was selected with is the one it is evaluated with
+    search = stages.training.model.beam_search
+    monkeypatch.setattr(stages.training.model, "beam_search",
+                        lambda *args, **kwargs: penalties.append(kwargs["length_penalty"]) or search(*args, **kwargs))
     invoke("evaluate", "--run", run)
     metrics = json.loads((run / "metrics_test.json").read_text())
     predictions = (run / "predictions_test.csv").read_text().splitlines()
     assert metrics["n_studies"] == len(predictions) - 1 > 0
     assert metrics["oracle"] is False and metrics["decoding"]["beam_size"] == 2
+    assert metrics["decoding"]["length_penalty"] == 0.5 and penalties and set(penalties) == {0.5}
     assert (run / "viewer_test.html").exists()

@@ -22,6 +22,8 @@ from stages.core.errors import StageError
 
 RUN_FILE = "run.json"
 # run.json fields copied into metrics.json: what a reader needs to judge a number
+# what a run's recorded decoding passes on to the decoder (block_trigrams follows from the beam size)
+DECODING_FIELDS = ("beam_size", "max_length", "length_penalty")
 PROTOCOL_FIELDS = ("model", "decoding", "checkpoint", "oracle", "seed", "adm_enhanced_input", "distilled", "init")
 
 
@@ -62,7 +64,7 @@ def predictions_for_run(run_dir: Path, split: str) -> dict[str, str]:
     model = Path(run_dir) / "model.pt"
     if model.exists():
         run = read_run(run_dir)
-        decoding = {k: v for k, v in (run.get("decoding") or {}).items() if k in ("beam_size", "max_length")}
+        decoding = {k: v for k, v in (run.get("decoding") or {}).items() if k in DECODING_FIELDS}
         options = {"split": split, **decoding}
         if not is_up_to_date(path, options, {"model": model}):
             from stages.training.inference import Decoding, split_predictions  # torch: only when needed

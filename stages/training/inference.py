@@ -43,10 +43,7 @@ class Decoding:
     beam_size: int = 3
     max_length: int | None = None  # None: the model's maximum report length
     batch_size: int = 16
-
-    def record(self, saved: SavedModel) -> dict[str, object]:
-        return {"beam_size": self.beam_size, "max_length": self.max_length or saved.config.max_length,
-                "block_trigrams": self.beam_size > 1, "method": "beam search" if self.beam_size > 1 else "greedy"}
+    length_penalty: float = 0.0  # beam search ranks by log-probability / length ** length_penalty
 
 
 def dataset_dir(run_dir: Path) -> Path:
@@ -94,6 +91,7 @@ def split_predictions(run_dir: Path, split: str, decoding: Decoding, device: str
     try:
         return decode_split(saved.model, source, rows, saved.vocab, beam_size=decoding.beam_size,
                             max_length=decoding.max_length or saved.config.max_length,
+                            length_penalty=decoding.length_penalty,
                             batch_size=decoding.batch_size, desc=f"generating {split}")
     finally:
         source.close()
@@ -163,7 +161,8 @@ def image_predictions(run_dir: Path, studies: Sequence[tuple[str, Sequence[Path]
         batch = _batch([images[s] for s, _ in chunk], labels[start:start + len(chunk)], spec.max_views, encoder,
                        spec.input_size, saved.config.max_length)
         ids = saved.model.generate(batch.to(device), beam_size=decoding.beam_size,
-                                   max_length=decoding.max_length or saved.config.max_length)
+                                   max_length=decoding.max_length or saved.config.max_length,
+                                   length_penalty=decoding.length_penalty)
         out.update({study: saved.vocab.decode(report) for (study, _), report in zip(chunk, ids)})
     return out, findings
 

@@ -79,6 +79,7 @@ class TrainOptions:
     grad_clip: float = 0.1
     monitor: str = "bleu4"
     val_beam_size: int = 3
+    length_penalty: float = 0.0
     checkpoint_every: int = 200
     seed: int = 0
 
@@ -90,13 +91,15 @@ def _save(path: Path, state: dict[str, Any]) -> None:
 
 
 def decode_split(model: ReportModel, source: StudySource, rows: np.ndarray, vocab: TextCodec, *,
-                 beam_size: int, max_length: int, batch_size: int, desc: str = "decoding") -> dict[str, str]:
+                 beam_size: int, max_length: int, batch_size: int, length_penalty: float = 0.0,
+                 desc: str = "decoding") -> dict[str, str]:
     """{study id: generated report} for the given study rows (beam search, or greedy with beam 1)."""
     out: dict[str, str] = {}
     model.eval()
     for start in tqdm(range(0, len(rows), batch_size), desc=desc, unit="batch", leave=False):
         batch = source.batch(rows[start:start + batch_size]).to(model.device)
-        for row, ids in zip(batch.rows, model.generate(batch, beam_size=beam_size, max_length=max_length)):
+        for row, ids in zip(batch.rows, model.generate(batch, beam_size=beam_size, max_length=max_length,
+                                                               length_penalty=length_penalty)):
             out[source.data.ids[row]] = vocab.decode(ids)
     return out
 
@@ -226,6 +229,7 @@ class Trainer:
             started = time.time()
             predictions = decode_split(self.model, self.source, self.val_rows, self.text,
                                        beam_size=options.val_beam_size, max_length=self.max_length,
+                                       length_penalty=options.length_penalty,
                                        batch_size=max(options.batch_size, 16), desc="validation")
             references = [self.vocab.decode(self.source.data.token_ids[r][1:]) for r in self.val_rows]
             gts, res = as_captions(references, [predictions[self.source.data.ids[r]] for r in self.val_rows])

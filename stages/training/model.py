@@ -73,15 +73,17 @@ class ReportModel(nn.Module):
         return self.generator(visual, mask, batch.targets, batch.target_mask, batch.labels)
 
     @torch.no_grad()
-    def generate(self, batch: Batch, *, beam_size: int = 3, max_length: int = 60) -> list[list[int]]:
-        """Token ids (without BOS, up to EOS) per study: beam search, or greedy for beam 1."""
+    def generate(self, batch: Batch, *, beam_size: int = 3, max_length: int = 60,
+                 length_penalty: float = 0.0) -> list[list[int]]:
+        """Token ids (without BOS, up to EOS) per study: beam search (ranking by log-probability /
+        length ** length_penalty), or greedy for beam 1."""
         self.eval()
         visual, mask = self.tokens(batch)
         config = self.generator.config
         if beam_size <= 1:
             return greedy(self.generator, visual, mask, batch.labels, max_length, bos=config.bos_id, eos=config.eos_id)
         return beam_search(self.generator, visual, mask, batch.labels, beam_size=beam_size, max_length=max_length,
-                           bos=config.bos_id, eos=config.eos_id, word_start=self.generator.word_start)
+                           length_penalty=length_penalty, bos=config.bos_id, eos=config.eos_id, word_start=self.generator.word_start)
 
 
 def build_model(config: GeneratorConfig, visual: VisualSpec, prototypes: np.ndarray | None = None,

@@ -139,7 +139,8 @@ def fit_run(ctx: StageContext, context: Dist, run_dir: Path, model: ReportModel,
         "labels": info.get("labels"), "seed": options.seed, "visual": model.visual.mode,
         "adm_enhanced_input": bool(model.visual.adm), **({"distilled": info["distilled"]} if "distilled" in info else {}),
         **({"init": info["init"], "warm_start": info.get("warm_start")} if "init" in info else {}),
-        "decoding": {"beam_size": options.val_beam_size, "max_length": config.max_length, "block_trigrams": True}})
+        "decoding": {"beam_size": options.val_beam_size, "max_length": config.max_length, "block_trigrams": True,
+                     "length_penalty": options.length_penalty}})
     ctx.finish(model_pt, options=run_options, inputs=inputs,
                counts={"best_epoch": state["best_epoch"], f"val_{options.monitor}": round(state["best_score"], 4),
                        "epochs": options.epochs})
