@@ -151,6 +151,21 @@ def test_xpronet_attends_only_the_groups_of_positive_labels():
     assert not torch.allclose(changed, memory, atol=1e-4)
 
 
+def test_prototype_responses_start_on_the_scale_of_the_words():
+    """Prototypes as kmeans-init writes them (a unit visual and a unit text half, norm sqrt 2) must
+    not answer at a small fraction of the word embeddings' scale, or the labels they carry are
+    drowned in the fusion with the words (the demo's XProNet then ignored its labels)."""
+    halves = np.random.default_rng(0).normal(size=(2, GROUPS, PER_GROUP, PROTO_DIM // 2))
+    halves /= np.linalg.norm(halves, axis=-1, keepdims=True)
+    generator = build_generator(tiny().config, np.concatenate(list(halves), axis=-1)).eval()
+    inputs = batch()
+    with torch.no_grad():
+        condition = generator.xpronet.condition(inputs["labels"], 3, torch.device("cpu"))
+        words, _ = generator._words(inputs["targets"][:, :-1], 0, None)
+        _, response = generator.xpronet.respond_text(words, condition)
+    assert response.pow(2).mean().sqrt() > 0.12 * words.pow(2).mean().sqrt()  # 0.075 without the LayerNorm, 0.19 with
+
+
 def test_selection_rule_for_no_positive_and_unknown_labels():
     prototypes = tiny().xpronet
     labels = torch.zeros(3, GROUPS)

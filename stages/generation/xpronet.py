@@ -4,7 +4,10 @@ paper's description.
 - Shared cross-modal prototype matrix: num_classes label groups x protos_per_class prototypes
   of proto_dim features (reference: 14 x 20, each a unit visual + unit text feature), initialised
   from prototypes.pkl (`kmeans-init`) and learned. Every forward projects it to d_model with one
-  linear layer shared by both modalities.
+  linear layer and a LayerNorm, shared by both modalities. The LayerNorm is ours: projected as they
+  are, the prototypes (each a unit visual and a unit text feature) answer at a twentieth of the
+  scale of the word embeddings they are fused with, and on the demo the reports then ignored their
+  labels (validation CE micro-F1 of the selected epoch 0.64, test 0.605; with it 0.74, test 0.774).
 - Label-conditioned querying. The rule, per sample:
     * the groups of its positive labels (label > 0.5) are attended;
     * no positive label: the No Finding group, which is the last group in the CheXpert order
@@ -122,7 +125,7 @@ class CrossModalPrototypes(nn.Module):
                     f"{per_group}) or set --protos-per-class to the file's group size")
             matrix = torch.from_numpy(init.reshape(groups * per_group, dim).copy())
         self.matrix = nn.Parameter(matrix)
-        self.project = nn.Linear(dim, config.d_model)
+        self.project = nn.Sequential(nn.Linear(dim, config.d_model), nn.LayerNorm(config.d_model))
         self.visual = PrototypeFusion(config.d_model, config.heads, config.topk)
         self.text = PrototypeFusion(config.d_model, config.heads, config.topk)
         self.num_classes, self.per_group = groups, per_group
