@@ -22,7 +22,7 @@ from stages.training.distill import DistillationSource, Teacher
 from stages.training.distributed import setup, teardown
 from stages.training.inference import load_run
 from stages.training.loop import TrainOptions
-from stages.training.model import SavedModel, build_model
+from stages.training.model import FORMAT, SavedModel, build_model
 from stages.training.run import conditioning, fit_run, source_files, study_source, train_options
 
 
@@ -116,7 +116,7 @@ def command(ctx: StageContext, teacher_name: str, rounds: int, temperature: floa
             tables = _init_tables(ctx, config.model, inputs)
             settings = {"teacher": teacher_dir.name, "round": round_, "temperature": temperature,
                         "kd_weight": kd_weight, "test_input": test_input, "init": init}
-            run_options = {"model": config.model, "distill": settings, "visual": dataclasses.asdict(student_spec),
+            run_options = {"format": FORMAT, "model": config.model, "distill": settings, "visual": dataclasses.asdict(student_spec),
                            "train": dataclasses.asdict(options), "generator": config.to_dict(),
                            "oracle_labels": oracle, "labels": label_source}
             if not ctx.up_to_date([student_dir / "model.pt"], run_options, inputs):

@@ -21,7 +21,7 @@ from stages.generation.config import MODELS, GeneratorConfig
 from stages.text.vocab import Vocabulary
 from stages.training.distributed import setup, teardown
 from stages.training.loop import CLIPS, MONITORS, OPTIMIZERS, TrainOptions
-from stages.training.model import build_model
+from stages.training.model import FORMAT, build_model
 from stages.training.run import conditioning, fit_run, study_source, train_options, visual_spec
 from stages.training.warmstart import build_warmstart, prepare
 
@@ -189,7 +189,7 @@ def command(ctx: StageContext, model_name: str, name: str | None, visual: str | 
             derived.update(num_classes=int(knowledge.shape[0]), knowledge_per_class=int(knowledge.shape[1]),
                            knowledge_dim=int(knowledge.shape[2]))
         config = GeneratorConfig(**{**generator_fields, **derived})
-        run_options = {"model": model_name, "visual": dataclasses.asdict(spec),
+        run_options = {"format": FORMAT, "model": model_name, "visual": dataclasses.asdict(spec),
                        "train": dataclasses.asdict(run_options_train), "generator": config.to_dict(),
                        "oracle_labels": oracle_labels, "labels": label_source}
         info: dict[str, Any] = {"labels": label_source, "oracle": oracle_labels}

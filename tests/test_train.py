@@ -51,6 +51,11 @@ def test_train_writes_a_selected_self_contained_run(chain):
     assert info["best_epoch"] == best["epoch"] and info["val_bleu4_ce_f1"] == pytest.approx(best["val_bleu4_ce_f1"])
     saved = load_model(run / "model.pt")
     assert saved.config.d_model == 32 and saved.model.visual.mode == "cached"
+    older = torch.load(run / "model.pt", weights_only=True)
+    older["format"] = "rrg-report-model/1"
+    torch.save(older, chain / "older.pt")
+    with pytest.raises(ValueError, match="another version of rrg-stage .* train it again"):
+        load_model(chain / "older.pt")
     assert "up to date" in train(chain, "--model", "base", "--name", "base", "--epochs", 2)
     # other options for a finished run: it is trained again from scratch and replaced
     (run / "predictions_test.csv").write_text("id,report\n")  # stands for evaluate's results of the old model

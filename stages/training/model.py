@@ -27,7 +27,9 @@ from stages.text.subword import SubwordTokenizer
 from stages.text.vocab import Vocabulary
 from stages.training.data import Batch
 
-FORMAT = "rrg-report-model/1"
+# version 2: XProNet's prototype projection gained a LayerNorm. Runs record it among their options,
+# so that a run trained by an older version is trained again rather than failing to load
+FORMAT = "rrg-report-model/2"
 # what turns a model's token ids into report text: R2Gen's word vocabulary, or a pretrained
 # decoder's own sub-word tokenizer (warmstart)
 TextCodec = Vocabulary | SubwordTokenizer
@@ -117,8 +119,11 @@ def save_model(path: Path, model: ReportModel, vocab: TextCodec, config: Generat
 def load_model(path: Path, device: str = "cpu") -> SavedModel:
     """Rebuild a trained model from model.pt; ValueError with the reason for anything else."""
     saved = load_torch(path, "report model", "; train one with rrg-stage train")
-    if not isinstance(saved, dict) or saved.get("format") != FORMAT:
+    if not isinstance(saved, dict) or not str(saved.get("format", "")).startswith("rrg-report-model/"):
         raise ValueError(f"{path} is not a report model written by rrg-stage train ({FORMAT})")
+    if saved["format"] != FORMAT:
+        raise ValueError(f"{path} was written by another version of rrg-stage ({saved['format']}; this one reads "
+                         f"{FORMAT}); train it again (rrg-stage train replaces it; make reruns it)")
     config = GeneratorConfig.from_dict(saved["config"])
     visual = VisualSpec(**saved["visual"])
     model = build_model(config, visual, encoder_weights="random")  # the trained weights follow
