@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from tqdm import tqdm
 
 from stages.adm.backbone import GRIDS, set_grid
 from stages.core.artifacts import load_torch
+from stages.core.checkpoints import save_checkpoint
 from stages.labeling.observations import NO_FINDING, OBSERVATIONS
 from stages.models.image_encoders import ENCODERS, ImageEncoder, build_image_encoder
 
@@ -267,12 +267,6 @@ def validation_scores(data: TrainData, probs: np.ndarray) -> dict[str, Any]:
     return {"study_auroc": study_auc, "image_auroc": image_auc, "macro_auroc": macro(study_auc)}
 
 
-def _save_state(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
 def train_diagnosis(data: TrainData, encoder: ImageEncoder, config: TrainConfig, *, state_path: Path | None = None,
                     resume_key: str = "", device: str = "cpu", log: Callable[[str], None] = tqdm.write) -> Diagnosis:
     """Train on `data.train`, select the epoch and thresholds on `data.val`, return the classifier.
@@ -334,7 +328,7 @@ def train_diagnosis(data: TrainData, encoder: ImageEncoder, config: TrainConfig,
                          best_epoch=epoch + 1)
         state["epoch"] = epoch + 1
         if state_path is not None:
-            _save_state(state_path, {"key": resume_key, "model": net.state_dict(), "optimizer": optimizer.state_dict(),
+            save_checkpoint(state_path, {"key": resume_key, "model": net.state_dict(), "optimizer": optimizer.state_dict(),
                                      "scheduler": scheduler.state_dict(), "state": state})
     net.load_state_dict(state["best"])
     probs = evaluate(net, data, data.val, config.batch_size)

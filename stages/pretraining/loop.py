@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from stages.core.checkpoints import load_checkpoint, random_state, restore_random_state, save_checkpoint
 from stages.pretraining.data import PairSource
 from stages.pretraining.losses import gumbel_temperature, info_nce
 from stages.pretraining.model import MAX_LOGIT_SCALE, Parts, PriorModel
@@ -56,12 +57,6 @@ class PretrainOptions:
     select: str = "val_recall"
     checkpoint_every: int = 200
     seed: int = 0
-
-
-def _save(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
 
 
 def stage_epoch(fraction: float, epochs: int) -> int:
@@ -114,18 +109,13 @@ class PretrainLoop:
     def _checkpoint(self, generator: torch.Generator) -> dict[str, Any]:
         return {"header": self.header, "model": self.model.trained_state(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "state": self.state,
-                "rng": {"torch": torch.get_rng_state(), "generator": generator.get_state(),
-                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}}
+                "rng": random_state(generator)}
 
     def resume(self) -> dict[str, Any] | None:
         """Load last.pt when the same job wrote it (same header); return its random states."""
-        path = self.run_dir / "last.pt"
-        if not path.exists():
+        saved = load_checkpoint(self.run_dir / "last.pt", self.header, self.model.device, "pretraining run")
+        if saved is None:
             return None
-        saved = torch.load(path, map_location=self.model.device, weights_only=False)
-        if saved.get("header") != self.header:
-            raise ValueError(f"{path} belongs to a pretraining run with other options or inputs; use another "
-                             "--name, or --force to start this run again")
         self.model.load_trained_state(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
@@ -145,10 +135,7 @@ class PretrainLoop:
             generator = torch.Generator().manual_seed(options.seed * 1_000_003 + epoch)
             torch.manual_seed(options.seed * 1_000_003 + epoch)
             if rng is not None and self.state["step"] > 0:  # resume inside the epoch's random streams
-                torch.set_rng_state(rng["torch"].cpu())
-                generator.set_state(rng["generator"].cpu())
-                if rng["cuda"]:
-                    torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+                restore_random_state(rng, generator)
             rng = None
             self._train_epoch(epoch, generator)
             self._end_epoch(epoch, generator)
@@ -180,7 +167,7 @@ class PretrainLoop:
             if self.state["step"] % options.checkpoint_every == 0 and self.state["step"] < self.steps:
                 self._flush(epoch, window)
                 window = []
-                _save(self.run_dir / "last.pt", self._checkpoint(generator))
+                save_checkpoint(self.run_dir / "last.pt", self._checkpoint(generator))
         bar.close()
         self._flush(epoch, window)
 
@@ -223,12 +210,12 @@ class PretrainLoop:
                     else ""))
         if score <= self.state["best_score"]:
             self.state.update(best_score=score, best_epoch=epoch + 1)
-            _save(self.run_dir / "best.pt", {"header": self.header, "model": self.model.trained_state(),
+            save_checkpoint(self.run_dir / "best.pt", {"header": self.header, "model": self.model.trained_state(),
                                              "epoch": epoch + 1, "val_loss": record["val_loss"]})
         self.state["history"].append(record)
         self.state.update(epoch=epoch + 1, step=0)
         self._log(record)
-        _save(self.run_dir / "last.pt", self._checkpoint(generator))
+        save_checkpoint(self.run_dir / "last.pt", self._checkpoint(generator))
         plot_curves(self.state["history"], self.run_dir / "curves.png")
 
 

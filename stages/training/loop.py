@@ -28,6 +28,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from stages.core.checkpoints import load_checkpoint, random_state, restore_random_state, save_checkpoint
 from stages.evaluation.clinical import binary_labels, ce_scores, load_labeler
 from stages.evaluation.nlg import as_captions, bleu, cider, rouge_l
 from stages.evaluation.runs import write_predictions
@@ -84,12 +85,6 @@ class TrainOptions:
     seed: int = 0
 
 
-def _save(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
 def decode_split(model: ReportModel, source: StudySource, rows: np.ndarray, vocab: TextCodec, *,
                  beam_size: int, max_length: int, batch_size: int, length_penalty: float = 0.0,
                  desc: str = "decoding") -> dict[str, str]:
@@ -139,18 +134,13 @@ class Trainer:
     def _checkpoint(self, generator: torch.Generator) -> dict[str, Any]:
         return {"header": self.header, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "state": self.state,
-                "rng": {"torch": torch.get_rng_state(), "generator": generator.get_state(),
-                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}}
+                "rng": random_state(generator)}
 
     def resume(self) -> dict[str, Any] | None:
         """Load last.pt when it was written by the same job (same header); return its RNG states."""
-        path = self.run_dir / "last.pt"
-        if not path.exists():
+        saved = load_checkpoint(self.run_dir / "last.pt", self.header, self.model.device)
+        if saved is None:
             return None
-        saved = torch.load(path, map_location=self.model.device, weights_only=False)
-        if saved.get("header") != self.header:
-            raise ValueError(f"{path} belongs to a run with other options or inputs; use another --name, or "
-                             "--force to start this run again")
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
@@ -171,10 +161,7 @@ class Trainer:
             generator = torch.Generator().manual_seed(options.seed * 1_000_003 + epoch)
             torch.manual_seed(options.seed * 1_000_003 + epoch + context.rank)
             if rng is not None and self.state["step"] > 0:  # resume inside the epoch's random streams
-                torch.set_rng_state(rng["torch"].cpu())
-                generator.set_state(rng["generator"].cpu())
-                if rng["cuda"]:
-                    torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+                restore_random_state(rng, generator)
             rng = None
             self._train_epoch(epoch, generator)
             self.scheduler.step()
@@ -209,7 +196,7 @@ class Trainer:
                 self._flush(epoch, window)
                 window = []
                 if self.context.main:
-                    _save(self.run_dir / "last.pt", self._checkpoint(generator))
+                    save_checkpoint(self.run_dir / "last.pt", self._checkpoint(generator))
         bar.close()
         self._flush(epoch, window)
 
@@ -242,14 +229,14 @@ class Trainer:
                      + f" (selecting on {options.monitor})")
             if score > self.state["best_score"]:
                 self.state.update(best_score=score, best_epoch=epoch + 1)
-                _save(self.run_dir / "best.pt", {"header": self.header, "model": self.model.state_dict(),
+                save_checkpoint(self.run_dir / "best.pt", {"header": self.header, "model": self.model.state_dict(),
                                                  "epoch": epoch + 1, f"val_{options.monitor}": score})
                 write_predictions(self.run_dir / "predictions_val.csv", predictions)
         self.state["history"].append(record)
         self.state.update(epoch=epoch + 1, step=0)
         self._log(record)
         if self.context.main:
-            _save(self.run_dir / "last.pt", self._checkpoint(generator))
+            save_checkpoint(self.run_dir / "last.pt", self._checkpoint(generator))
             plot_curves(self.state["history"], options.monitor, self.run_dir / "curves.png")
         self.context.barrier()
 
