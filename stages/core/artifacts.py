@@ -41,6 +41,7 @@ PRODUCERS: dict[str, str] = {
     "adm.h5": "adm-masks --dataset {dataset}",
     "pretrain.pt": "pretrain --dataset {dataset} --name NAME (the run named by the path)",
     "encoder.pt": "pretrain --dataset {dataset} --name NAME (the run named by the path)",
+    "vision.pt": "synthesize train-vision --dataset {dataset} --name NAME (the run named by the path)",
     "metrics_test.json": "evaluate --run artifacts/{dataset}/runs/NAME --split test",
     "metrics_val.json": "evaluate --run artifacts/{dataset}/runs/NAME --split val",
 }
@@ -94,6 +95,15 @@ def write_json_atomic(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def save_torch_atomic(path: Path, state: Any) -> None:
+    """torch.save through a temporary sibling, so a kill mid-write leaves the previous file whole."""
+    import torch
+
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(state, tmp)
     os.replace(tmp, path)
 
 
