@@ -73,7 +73,7 @@ def evaluate_vision(model: VisionModel, bank: PromptBank, plan: PromptPlan, diag
                   "noise baseline": noise_images(n, size, rng),
                   "mean-image baseline": mean_images(view_means, plan.views[in_first], rng)}
     reference = pooled_features(encoder, real_low[in_second], input_size)
-    mean, axes = principal_axes(bank.pooled[train_rows], components)
+    mean, axes = principal_axes(bank.image[train_rows], components)
     frechet = {}
     for name, images in candidates.items():
         features = pooled_features(encoder, images, input_size)

@@ -29,16 +29,12 @@ PROMPTS = ("text+image", "text", "image")
 
 @dataclass
 class Prompts:
-    text: torch.Tensor    # (B, text_dim) L2-normalised report embeddings
-    image: torch.Tensor   # (B, image_dim) L2-normalised reference image embeddings
+    text: torch.Tensor    # (B, text_dim) report embeddings
+    image: torch.Tensor   # (B, image_dim) reference image embeddings (pooled encoder features)
     view: torch.Tensor    # (B,) view index
 
     def to(self, device: torch.device | str) -> "Prompts":
         return Prompts(self.text.to(device), self.image.to(device), self.view.to(device))
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-8)).astype(np.float32)
 
 
 def to_resolution(pixels: np.ndarray, resolution: int) -> torch.Tensor:
@@ -75,7 +71,7 @@ class PromptBank:
                                  (labels_h5, len(self.labels), n)):
             if rows != want:
                 raise StageError(f"{path} has {rows} rows where {dataset_h5} has {want}; rebuild it (--force)")
-        self.text, self.image, self.pooled = _unit(text), _unit(pooled), pooled
+        self.text, self.image = text.astype(np.float32), pooled.astype(np.float32)
         with h5py.File(dataset_h5, "r") as h5:
             views = h5["images/view"].asstr()[:]
         self.view_names = sorted(set(views.tolist()))

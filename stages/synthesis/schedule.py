@@ -66,24 +66,26 @@ class NoiseSchedule:
         return x0, eps
 
     def ddim_timesteps(self, steps: int) -> list[int]:
-        """`steps` evenly spaced timesteps from the last to the first (trailing spacing: t = T-1 first)."""
+        """`steps` evenly spaced timesteps from high to low, ending at t = 0 ("leading" spacing: with T
+        = 1000 and 25 steps, 960, 920, ..., 0). t = T - 1 itself is left out: there sqrt(abar) is
+        ~5e-5 under the cosine schedule, so an eps-predictor's x_0 estimate is its error times 2e4."""
         if not 1 <= steps <= self.timesteps:
             raise ValueError(f"DDIM steps must be between 1 and {self.timesteps}, not {steps}")
-        return sorted({round(self.timesteps - 1 - i * self.timesteps / steps) for i in range(steps)}, reverse=True)
+        return sorted({i * self.timesteps // steps for i in range(steps)}, reverse=True)
 
     def ddim_sample(self, predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], noise: torch.Tensor,
                     steps: int, progress: Callable[[int], None] | None = None) -> torch.Tensor:
-        """Deterministic DDIM (eta 0) from the starting noise x_T; x_0 is clipped to [-1, 1] at each
-        step, as the images are. `predict(x_t, t)` returns the network's output."""
+        """Deterministic DDIM (eta 0) from the starting noise x_T; `predict(x_t, t)` returns the
+        network's output. Each x_0 estimate is clipped to the images' range [-1, 1] and the noise
+        recomputed from it, so the trajectory stays consistent with a valid image."""
         x = noise
         times = self.ddim_timesteps(steps)
         for i, step in enumerate(times):
             t = torch.full((x.shape[0],), step, dtype=torch.long, device=x.device)
-            x0, _ = self.split(predict(x, t), x, t)
-            x0 = x0.clamp(-1, 1)
+            x0 = self.split(predict(x, t), x, t)[0].clamp(-1, 1)
             abar = float(self.alphas_cumprod[step])
             abar_prev = float(self.alphas_cumprod[times[i + 1]]) if i + 1 < len(times) else 1.0
-            eps = (x - math.sqrt(abar) * x0) / math.sqrt(1 - abar)  # the noise consistent with the clipped x_0
+            eps = (x - math.sqrt(abar) * x0) / math.sqrt(1 - abar)
             x = math.sqrt(abar_prev) * x0 + math.sqrt(1 - abar_prev) * eps
             if progress is not None:
                 progress(1)

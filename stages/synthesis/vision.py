@@ -91,6 +91,20 @@ class VisionModel(nn.Module):
         self.null_image = nn.Parameter(torch.zeros(emb))
         self.view_emb = nn.Embedding(config.views, emb)
         self.schedule = NoiseSchedule(config.schedule, config.timesteps, config.target)
+        for name, dim in (("text", config.text_dim), ("image", config.image_dim)):
+            self.register_buffer(f"{name}_mean", torch.zeros(dim))
+            self.register_buffer(f"{name}_std", torch.ones(dim))
+
+    def standardise_prompts(self, text: np.ndarray, image: np.ndarray) -> None:
+        """Centre and scale each prompt dimension by the training prompts' statistics (kept in the
+        weights). Reports' MiniLM embeddings and the phantoms' pooled features share a large common
+        component: unstandardised, the projected prompts varied 150x less across samples than the
+        view's embedding, and the demo model learnt to ignore them (a shuffled prompt left the
+        validation loss unchanged to 4 digits)."""
+        for name, values in (("text", text), ("image", image)):
+            values = torch.from_numpy(np.asarray(values, dtype=np.float32))
+            getattr(self, f"{name}_mean").copy_(values.mean(0))
+            getattr(self, f"{name}_std").copy_(values.std(0).clamp(min=1e-6))
 
     @property
     def device(self) -> torch.device:
@@ -102,9 +116,9 @@ class VisionModel(nn.Module):
         text = self.null_text.expand(len(keep), -1)
         image = self.null_image.expand(len(keep), -1)
         if self.config.prompt in ("text+image", "text"):
-            text = torch.where(keep, self.text_proj(prompts.text), text)
+            text = torch.where(keep, self.text_proj((prompts.text - self.text_mean) / self.text_std), text)
         if self.config.prompt in ("text+image", "image"):
-            image = torch.where(keep, self.image_proj(prompts.image), image)
+            image = torch.where(keep, self.image_proj((prompts.image - self.image_mean) / self.image_std), image)
         return text + image + self.view_emb(prompts.view)
 
     def loss(self, x0: torch.Tensor, prompts: Prompts, generator: torch.Generator) -> torch.Tensor:
@@ -194,6 +208,7 @@ class VisionTrainer:
         resolution = model.config.resolution
         self.train_images = to_resolution(bank.pixels(self.train_rows), resolution)
         self.val_images = to_resolution(bank.pixels(self.val_rows), resolution)
+        model.standardise_prompts(bank.text[np.unique(bank.image_study[self.train_rows])], bank.image[self.train_rows])
         self.ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
         warmup = max(1, options.warmup_steps)
