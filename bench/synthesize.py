@@ -30,11 +30,11 @@ from stages.synthesis.evaluation import VISIBLE
 def evaluation(run_dir: Path, split: str, dataset: str) -> dict:
     path = run_dir / f"evaluation_{split}.json"
     try:
-        manifest = check_input(path, dataset)
+        check_input(path, dataset)
     except StageError as error:
         sys.exit(f"{error}\n(build it with: rrg-stage synthesize evaluate --dataset {dataset} --run {run_dir.name}, "
                  "or make demo-synth)")
-    return {**json.loads(path.read_text()), "command": manifest["command"]}
+    return json.loads(path.read_text())
 
 
 def frechet_table(results: dict[str, dict]) -> pd.DataFrame:
@@ -45,7 +45,7 @@ def frechet_table(results: dict[str, dict]) -> pd.DataFrame:
     rows += [{"images": f"generated, {r['prompt']} prompt ({name})", **r["frechet"]["generated"]}
              for name, r in results.items()]
     rows += [{"images": name, **first["frechet"][name]} for name in ("mean-image baseline", "noise baseline")]
-    return pd.DataFrame(rows).rename(columns={"full": "Fréchet (1280-d)", pca: f"Fréchet ({pca.upper()})"})
+    return pd.DataFrame(rows).rename(columns={"full": "Fréchet (1280-d)", pca: f"Fréchet (PCA-{pca[3:]})"})
 
 
 def auroc_table(results: dict[str, dict]) -> pd.DataFrame:
@@ -55,7 +55,7 @@ def auroc_table(results: dict[str, dict]) -> pd.DataFrame:
     names = list(first["positives"])
     columns = {f"generated ({name})": r["clinical_auroc"]["generated"] for name, r in results.items()}
     columns.update({k: first["clinical_auroc"][k] for k in real})
-    rows = [{"observation": obs, "visible sign": obs in VISIBLE, "prompt positives": first["positives"][obs],
+    rows = [{"observation": obs, "visible sign": obs in VISIBLE, "prompt positives": str(first["positives"][obs]),
              **{col: values["per_class"][obs] for col, values in columns.items()}} for obs in names]
     rows.append({"observation": "macro (classes with positives)", "visible sign": None, "prompt positives": None,
                  **{col: values["macro"] for col, values in columns.items()}})

@@ -169,6 +169,8 @@ def test_train_vision_writes_a_run(synth):
     assert {"vision.pt", "last.pt", "log.jsonl", "curves.png", "run.json"} <= {p.name for p in run.iterdir()}
     manifest = check_input(run / "vision.pt", "demo")
     assert manifest["options"]["model"]["prompt"] == "text+image" and manifest["options"]["train"]["steps"] == 4
+    assert manifest["stage"] == "synthesize train-vision"
+    assert manifest["command"].startswith("rrg-stage synthesize train-vision --dataset demo")
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if r["event"] == "train"] == [1, 2, 3, 4]
     assert [r["step"] for r in log if r["event"] == "validation"] == [2, 4]
