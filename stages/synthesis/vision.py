@@ -98,9 +98,9 @@ class VisionModel(nn.Module):
     def standardise_prompts(self, text: np.ndarray, image: np.ndarray) -> None:
         """Centre and scale each prompt dimension by the training prompts' statistics (kept in the
         weights). Reports' MiniLM embeddings and the phantoms' pooled features share a large common
-        component: unstandardised, the projected prompts varied 150x less across samples than the
-        view's embedding, and the demo model learnt to ignore them (a shuffled prompt left the
-        validation loss unchanged to 4 digits)."""
+        component: unstandardised, the projected prompts' spread across samples was about 1/150 of
+        the conditioning vector's norm, and the demo model learnt to ignore them (a shuffled prompt
+        left the validation loss unchanged to 4 digits)."""
         for name, values in (("text", text), ("image", image)):
             values = torch.from_numpy(np.asarray(values, dtype=np.float32))
             getattr(self, f"{name}_mean").copy_(values.mean(0))
