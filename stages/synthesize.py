@@ -18,6 +18,7 @@ from stages.core.artifacts import atomic_output, read_manifest, write_json_atomi
 from stages.core.config import resolve
 from stages.core.errors import StageError
 from stages.core.stage import StageContext, dataclass_options, stage_options
+from stages.data.records import SPLITS
 from stages.models.image_encoders import build_image_encoder
 from stages.synthesis.evaluation import evaluate_vision
 from stages.synthesis.pairs import SyntheticStudy, build_dataset, write_r2gen
@@ -156,25 +157,39 @@ def train_vision(ctx: StageContext, name: str, device: str, **hyper: Any) -> Non
                f"--dataset {ctx.dataset} --run {name}")
 
 
+# sampling settings where a dataset's [synthesize] table sets none (the demo's are in pipelines/demo.toml)
+SAMPLING = {"guidance": 3.0, "ddim_steps": 50, "batch_size": 32}
+
+
+def sampling_options(func: Any) -> Any:
+    """--guidance, --ddim-steps and --batch-size (unset: the dataset's [synthesize] table, then SAMPLING)."""
+    for option in reversed([
+            click.option("--guidance", type=float, help=f"Classifier-free guidance scale [default: "
+                                                         f"{SAMPLING['guidance']}, or pipelines/<dataset>.toml]."),
+            click.option("--ddim-steps", type=int, help=f"DDIM sampling steps [default: {SAMPLING['ddim_steps']}, "
+                                                        "or the toml]."),
+            click.option("--batch-size", type=int, help=f"Images sampled at once [default: {SAMPLING['batch_size']}, "
+                                                        "or the toml].")]):
+        func = option(func)
+    return func
+
+
 def _sampling_options(ctx: StageContext, variant: str, given: dict[str, Any]) -> dict[str, Any]:
-    return resolve(ctx.dataset, "synthesize", given, variant=variant,
-                   required=("guidance", "ddim_steps", "batch_size"))
+    return resolve(ctx.dataset, "synthesize", given, variant=variant, fallback=SAMPLING)
 
 
 @command.command("generate")
 @stage_options
 @click.option("--run", "run_name", default="vision", show_default=True, help="The vision run (synthesize/<run>/).")
 @click.option("--n", type=int, help="Synthetic studies to write (one image per view of each prompt's study).")
-@click.option("--split", help="Prompts: the reports of this split [default: train; only training pairs may be added "
+@click.option("--split", type=click.Choice(SPLITS), help="Prompts: the reports of this split [default: train; only training pairs may be added "
                               "to training].")
 @click.option("--reports", type=click.Choice(["language", "prompt"]),
               help="language: each pair's report is written by the language module (--language-run) from the "
                    "generated image, as CXR-IRGen's pairs; prompt: the prompt report itself [default: language].")
 @click.option("--language-run", help="The trained report generator used as the language module "
                                      "(ARTIFACTS/<dataset>/runs/<name>/) [default: xpronet].")
-@click.option("--guidance", type=float, help="Classifier-free guidance scale.")
-@click.option("--ddim-steps", type=int, help="DDIM sampling steps.")
-@click.option("--batch-size", type=int, help="Images sampled at once.")
+@sampling_options
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Artifact root of the synthetic dataset: it goes to OUT/<dataset>/ [default: ARTIFACTS/synthetic].")
 @click.option("--device", default=DEVICE, show_default=True)
@@ -243,10 +258,9 @@ def generate(ctx: StageContext, run_name: str, n: int | None, split: str | None,
 @command.command("evaluate")
 @stage_options
 @click.option("--run", "run_name", default="vision", show_default=True, help="The vision run (synthesize/<run>/).")
-@click.option("--split", help="Prompts: every report of this split, with training reference images [default: test].")
-@click.option("--guidance", type=float, help="Classifier-free guidance scale.")
-@click.option("--ddim-steps", type=int, help="DDIM sampling steps.")
-@click.option("--batch-size", type=int, help="Images sampled at once.")
+@click.option("--split", type=click.Choice(SPLITS),
+              help="Prompts: every report of this split, with training reference images [default: test].")
+@sampling_options
 @click.option("--components", type=int, default=64, show_default=True,
               help="Principal axes (of the training images' features) for the projected Fréchet distance.")
 @click.option("--grid-rows", type=int, default=8, show_default=True, help="Prompts shown in the image grid.")

@@ -205,7 +205,7 @@ def command(ctx: StageContext, model_name: str, name: str | None, visual: str | 
         if extra_data is not None:
             extra = {"path": str(extra_data), "train_studies": len(source.extra.rows("train")),
                      "synthetic": bool((read_manifest(extra_data / "dataset.h5") or {}).get("synthetic"))}
-            run_options["extra_data"] = extra
+            run_options["extra_data"] = {k: extra[k] for k in ("train_studies", "synthetic")}  # its files: inputs
             info["extra_data"] = extra
         if warm_start is not None:
             run_options.update(init=options["init"], targets=warm_start.settings)
