@@ -33,5 +33,41 @@ PRIOR_RUNS := random imagenet prior
 demo-prior: setup $(DEMO)/labels.h5 $(foreach run,$(PRIOR_RUNS),$(DEMO)/pretrain/$(run)/probe_test.json)
 	$(BIN)/python bench/prior.py --artifacts $(ART) --dataset demo
 
+# CXR-IRGen (`make demo-synth`): the vision module (CXR-IRGen's text+image prompt) and its evaluation on the test
+# prompts; synthetic training pairs (reports by the XProNet run, the language module), labelled and encoded as any
+# dataset under $(ART)/synthetic/demo/; the base model trained with them (--extra-data) beside the plain base
+# model; then bench/results/synthesize.md. demo-synth-prompts adds the text-only prompt's vision module (the
+# paper's comparison) to the table.
+SYNTH := $(ART)/synthetic/demo
+VISION := $(DEMO)/synthesize/vision
+$(VISION)/vision.pt: $(DEMO)/dataset.h5 $(DEMO)/labels.h5 $(DEMO)/features.h5 pipelines/demo.toml
+	$(RRG) synthesize train-vision --dataset demo --artifacts $(ART)
+
+$(DEMO)/synthesize/vision-text/vision.pt: $(DEMO)/dataset.h5 $(DEMO)/labels.h5 $(DEMO)/features.h5 pipelines/demo.toml
+	$(RRG) synthesize train-vision --dataset demo --artifacts $(ART) --prompt text --name vision-text
+
+$(DEMO)/synthesize/%/evaluation_test.json: $(DEMO)/synthesize/%/vision.pt $(DEMO)/adm.h5
+	$(RRG) synthesize evaluate --dataset demo --artifacts $(ART) --run $*
+
+$(SYNTH)/dataset.h5: $(VISION)/vision.pt $(DEMO)/runs/xpronet/model.pt
+	$(RRG) synthesize generate --dataset demo --artifacts $(ART) --out $(ART)/synthetic
+
+$(SYNTH)/labels.h5: $(SYNTH)/dataset.h5
+	$(RRG) label --dataset demo --artifacts $(ART)/synthetic
+
+$(SYNTH)/features.h5: $(SYNTH)/dataset.h5
+	$(RRG) extract-features --dataset demo --artifacts $(ART)/synthetic
+
+$(DEMO)/runs/base-synthetic/model.pt: $(DEMO)/runs/base/model.pt $(SYNTH)/labels.h5 $(SYNTH)/features.h5
+	$(RRG) train --dataset demo --artifacts $(ART) --model base --name base-synthetic --extra-data $(SYNTH)
+
+SYNTH_NEEDS := $(VISION)/evaluation_test.json $(DEMO)/runs/base/metrics_test.json \
+               $(DEMO)/runs/base-synthetic/metrics_test.json
+demo-synth: setup $(SYNTH_NEEDS)
+	$(BIN)/python bench/synthesize.py --artifacts $(ART) --dataset demo --vision vision
+
+demo-synth-prompts: setup $(SYNTH_NEEDS) $(DEMO)/synthesize/vision-text/evaluation_test.json
+	$(BIN)/python bench/synthesize.py --artifacts $(ART) --dataset demo --vision vision vision-text
+
 clean-demo:
 	rm -rf $(DEMO)

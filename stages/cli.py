@@ -23,6 +23,7 @@ STAGES = {
     "train": "stages.train",
     "distill": "stages.distill",
     "generate": "stages.generate",
+    "synthesize": "stages.synthesize",
     "baselines": "stages.baselines",
     "evaluate": "stages.evaluate",
     "compare": "stages.compare",

@@ -4,6 +4,7 @@ encoder-decoder) into a run directory."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import click
@@ -22,7 +23,8 @@ from stages.text.vocab import Vocabulary
 from stages.training.distributed import setup, teardown
 from stages.training.loop import CLIPS, MONITORS, OPTIMIZERS, TrainOptions
 from stages.training.model import FORMAT, build_model
-from stages.training.run import conditioning, fit_run, study_source, train_options, visual_spec
+from stages.training.run import (conditioning, extra_inputs, fit_run, study_source, train_options, visual_spec,
+                                 with_extra)
 from stages.training.warmstart import build_warmstart, prepare
 
 # GeneratorConfig fields that come from the data, not from the user
@@ -104,12 +106,16 @@ GENERATOR_HELP = {
 @click.option("--max-tokens", type=int,
               help="warmstart: longest target and generated report in the decoder's sub-word tokens, BOS included "
                    "[default: 128, the reference's].")
+@click.option("--extra-data", type=click.Path(file_okay=False, path_type=Path),
+              help="Add the training studies of another dataset folder (dataset.h5, labels.h5 and, cached mode, "
+                   "features.h5, in this dataset's vocabulary), e.g. synthetic pairs from rrg-stage synthesize "
+                   "generate; validation and test stay this dataset's.")
 @click.option("--device", default="cuda" if torch.cuda.is_available() else "cpu", show_default=True)
 @dataclass_options(TrainOptions, HELP, skip={"seed"})
 @dataclass_options(GeneratorConfig, GENERATOR_HELP, skip=DERIVED)
 def command(ctx: StageContext, model_name: str, name: str | None, visual: str | None, image_encoder: str | None,
             weights: str | None, crop: int | None, adm: bool | None, adm_background: float, oracle_labels: bool,
-            init: str | None, max_tokens: int | None, device: str, **hyper: Any) -> None:
+            init: str | None, max_tokens: int | None, extra_data: Path | None, device: str, **hyper: Any) -> None:
     """Train a report generator; the checkpoint is selected on the validation split only.
 
     Writes ARTIFACTS/<dataset>/runs/<name>/: model.pt (the best epoch, self-contained),
@@ -140,9 +146,13 @@ def command(ctx: StageContext, model_name: str, name: str | None, visual: str | 
             raise click.UsageError("--init random re-initialises the image encoder too; leave out --weights")
         options["weights"] = "random"
     enhanced = model_name == "ekagen" if adm is None else adm
+    if extra_data is not None and enhanced:
+        raise click.UsageError("--extra-data has no ADM masks; use it with the plain inputs (--no-adm, not ekagen)")
     run_dir = ctx.dir / "runs" / (name or model_name)
     dataset_h5, vocab_json = ctx.input("dataset.h5"), ctx.input("vocab.json")
     inputs = {"dataset": dataset_h5, "vocab": vocab_json, "labels": ctx.input("labels.h5")}
+    if extra_data is not None:
+        inputs.update(extra_inputs(extra_data, ctx.dataset, options.get("visual") or "cached", vocab_json))
     prototypes = knowledge = None
     if model_name == "xpronet":
         inputs["prototypes"] = ctx.input("prototypes.pkl")
@@ -178,6 +188,8 @@ def command(ctx: StageContext, model_name: str, name: str | None, visual: str | 
                 raise StageError(str(error)) from None
             inputs["decoder"] = warm_start.folder
         source = study_source(ctx.dir, spec, labels, enhanced, warm_start.targets if warm_start else None)
+        if extra_data is not None:
+            source = with_extra(source, extra_data, spec, warm_start, options.get("max_tokens"))
         vocab = Vocabulary.load(vocab_json)
         derived: dict[str, Any] = {"model": model_name, "vocab_size": len(vocab), "max_length": max_length,
                                    "max_views": spec.max_views, **(warm_start.generator if warm_start else {})}
@@ -193,6 +205,11 @@ def command(ctx: StageContext, model_name: str, name: str | None, visual: str | 
                        "train": dataclasses.asdict(run_options_train), "generator": config.to_dict(),
                        "oracle_labels": oracle_labels, "labels": label_source}
         info: dict[str, Any] = {"labels": label_source, "oracle": oracle_labels}
+        if extra_data is not None:
+            extra = {"path": str(extra_data), "train_studies": len(source.extra.rows("train")),
+                     "synthetic": bool((read_manifest(extra_data / "dataset.h5") or {}).get("synthetic"))}
+            run_options["extra_data"] = {k: extra[k] for k in ("train_studies", "synthetic")}  # its files: inputs
+            info["extra_data"] = extra
         if warm_start is not None:
             run_options.update(init=options["init"], targets=warm_start.settings)
         if ctx.up_to_date([run_dir / "model.pt"], run_options, inputs):  # every rank asks, so all stop together

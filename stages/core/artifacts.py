@@ -41,6 +41,7 @@ PRODUCERS: dict[str, str] = {
     "adm.h5": "adm-masks --dataset {dataset}",
     "pretrain.pt": "pretrain --dataset {dataset} --name NAME (the run named by the path)",
     "encoder.pt": "pretrain --dataset {dataset} --name NAME (the run named by the path)",
+    "vision.pt": "synthesize train-vision --dataset {dataset} --name NAME (the run named by the path)",
     "metrics_test.json": "evaluate --run artifacts/{dataset}/runs/NAME --split test",
     "metrics_val.json": "evaluate --run artifacts/{dataset}/runs/NAME --split val",
 }
@@ -159,12 +160,21 @@ def _input_record(input_path: Path, artifact: Path) -> dict[str, Any]:
     return {"path": str(Path(input_path).resolve()), "sha256": checksum(input_path), "artifact": False}
 
 
+def command_name(ctx: click.Context) -> str:
+    """The command's name below `rrg-stage`, with its group's (e.g. "synthesize evaluate")."""
+    names = []
+    while ctx.parent is not None:
+        names.insert(0, ctx.info_name or "")
+        ctx = ctx.parent
+    return " ".join(names) or (ctx.info_name or "")
+
+
 def command_line() -> str:
     """The stage's command line, rebuilt from click's parsed options (also right under a test runner)."""
     ctx = click.get_current_context(silent=True)
     if ctx is None:
         return " ".join(["rrg-stage", *sys.argv[1:]])
-    words = ["rrg-stage", ctx.info_name or ""]
+    words = ["rrg-stage", command_name(ctx)]
     for param in ctx.command.params:
         value = ctx.params.get(param.name)
         if value is None or value is False or not param.opts:

@@ -30,7 +30,7 @@ def stage_options(func: Callable) -> Callable:
     @click.option("--force", is_flag=True, help="Rebuild even when the output is up to date.")
     @functools.wraps(func)
     def wrapper(dataset: str, artifacts_dir: Path, seed: int, force: bool, **kwargs: Any) -> Any:
-        name = click.get_current_context().info_name
+        name = artifacts.command_name(click.get_current_context())
         ctx = StageContext(name, canonical_dataset(dataset), artifacts_dir, seed, force)
         ctx.seed_everything()
         return func(ctx, **kwargs)

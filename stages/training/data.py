@@ -164,3 +164,61 @@ class StudySource:
         for handle in (self._features, self._adm):
             if handle is not None:
                 handle.close()
+
+
+def _pad(x: torch.Tensor, width: int) -> torch.Tensor:
+    return F.pad(x, (0, width - x.shape[1])) if x.shape[1] < width else x
+
+
+class MixedSource:
+    """A real dataset's StudySource with the training studies of an extra (e.g. synthetic) dataset added.
+
+    Rows below `offset` (the real dataset's study count) are real studies; row `offset + r` is study
+    r of the extra dataset. Only the extra dataset's training split joins, so validation and test
+    (and everything that reads `data`: ids, reference reports) stay the real dataset's.
+    """
+
+    def __init__(self, real: StudySource, extra: StudySource):
+        if (real.cached, real.max_views) != (extra.cached, extra.max_views) or (
+                real.cached and real.token_shape != extra.token_shape) or (
+                not real.cached and (real.crop, real.data.image_size) != (extra.crop, extra.data.image_size)):
+            raise StageError(f"the extra dataset {extra.data.path} does not give the model the same inputs as "
+                             f"{real.data.path} (visual mode, views, token shape or image size); rebuild its features "
+                             "with the real dataset's extract-features options")
+        if real.data.token_ids.shape[1] != extra.data.token_ids.shape[1]:
+            raise StageError(f"{extra.data.path} stores reports of {extra.data.token_ids.shape[1]} token ids, "
+                             f"{real.data.path} of {real.data.token_ids.shape[1]}; make both with the same --max-length")
+        self.real, self.extra = real, extra
+        self.data = real.data
+        self.offset = len(real.data)
+
+    @property
+    def cached(self) -> bool:
+        return self.real.cached
+
+    @property
+    def token_shape(self) -> tuple[int, int]:
+        return self.real.token_shape
+
+    def rows(self, split: str) -> np.ndarray:
+        rows = self.real.rows(split)
+        return np.concatenate([rows, self.offset + self.extra.rows("train")]) if split == "train" else rows
+
+    def batch(self, rows: np.ndarray, *, train: bool = False, generator: torch.Generator | None = None) -> Batch:
+        rows = np.asarray(rows)
+        own = rows < self.offset
+        if own.all():
+            return self.real.batch(rows, train=train, generator=generator)
+        parts = [s.batch(r, train=train, generator=generator) for s, r in
+                 ((self.real, rows[own]), (self.extra, rows[~own] - self.offset)) if len(r)]
+        width = max(p.targets.shape[1] for p in parts)
+        order = np.argsort(np.concatenate([np.flatnonzero(own), np.flatnonzero(~own)]), kind="stable")
+        index = torch.from_numpy(order)
+        return Batch(rows, torch.cat([p.views for p in parts])[index], torch.cat([p.view_mask for p in parts])[index],
+                     torch.cat([_pad(p.targets, width) for p in parts])[index],
+                     torch.cat([_pad(p.target_mask, width) for p in parts])[index],
+                     torch.cat([p.labels for p in parts])[index])
+
+    def close(self) -> None:
+        self.real.close()
+        self.extra.close()

@@ -19,17 +19,18 @@ import h5py
 import numpy as np
 import torch
 
-from stages.core.artifacts import atomic_output, read_manifest, write_json_atomic
+from stages.core.artifacts import atomic_output, check_input, read_manifest, write_json_atomic
 from stages.core.errors import StageError
 from stages.core.stage import StageContext
 from stages.generation.config import LABEL_CONDITIONED, GeneratorConfig
 from stages.text.vocab import Vocabulary
 from stages.training.conditioning import conditioning_labels
-from stages.training.data import AdmEnhancement, StudySource
+from stages.training.data import AdmEnhancement, MixedSource, StudySource
 from stages.training.distill import Teacher
 from stages.training.distributed import Dist
 from stages.training.loop import TrainOptions, Trainer
 from stages.training.model import ReportModel, TextCodec, VisualSpec, save_model
+from stages.training.warmstart import WarmStart, subword_targets
 
 # the encoder settings a feature file was made with; features_adm.h5 must match features.h5 in all
 ENCODER_OPTIONS = ("image_encoder", "weights", "input_size")
@@ -70,6 +71,41 @@ def study_source(base: Path, spec: VisualSpec, labels: np.ndarray, enhanced: boo
         return StudySource(dataset_h5, labels, features_h5=features, max_views=spec.max_views, targets=targets)
     adm = AdmEnhancement(base / "adm.h5", spec.adm["theta"], spec.adm["background"]) if enhanced else None
     return StudySource(dataset_h5, labels, max_views=spec.max_views, crop=spec.input_size, adm=adm, targets=targets)
+
+
+def extra_inputs(folder: Path, dataset: str, mode: str, vocab_json: Path) -> dict[str, Path]:
+    """The artifacts of an extra training dataset (`train --extra-data`), checked as inputs are, and
+    checked to store token ids of the real vocabulary (its own vocab.json is the same, or it was
+    made from this vocab.json, as `synthesize generate` does)."""
+    files = {"extra_dataset": folder / "dataset.h5", "extra_labels": folder / "labels.h5"}
+    if mode == "cached":
+        files["extra_features"] = folder / "features.h5"
+    for path in files.values():
+        try:
+            check_input(path, dataset)
+        except StageError as error:
+            raise StageError(f"--extra-data: {error} (for the extra dataset, give the stage --artifacts "
+                             f"{folder.parent})") from None
+    real = Vocabulary.load(vocab_json).tokens
+    own, recorded = folder / "vocab.json", read_manifest(files["extra_dataset"])["inputs"].get("vocab")
+    same = (Vocabulary.load(own).tokens == real if own.exists()
+            else recorded is not None and recorded["sha256"] == read_manifest(vocab_json)["sha256"])
+    if not same:
+        raise StageError(f"{files['extra_dataset']} stores token ids of another vocabulary than {vocab_json}; build "
+                         "it with this dataset's vocabulary (rrg-stage synthesize generate does)")
+    return files
+
+
+def with_extra(source: StudySource, folder: Path, spec: VisualSpec, warm_start: WarmStart | None,
+               max_tokens: int | None) -> MixedSource:
+    """`source` with the training studies of the dataset in `folder` added (labels from its labels.h5;
+    a warm-started decoder's targets made of its reports as of the real ones)."""
+    with h5py.File(folder / "labels.h5", "r") as h5:
+        labels = h5["binary"][:].astype(np.float32)
+    targets = None
+    if warm_start is not None:
+        targets = subword_targets(folder / "dataset.h5", warm_start.tokenizer, int(max_tokens))[0]
+    return MixedSource(source, study_source(folder, spec, labels, enhanced=False, targets=targets))
 
 
 def check_cached(features: Path, spec: VisualSpec) -> None:
@@ -137,7 +173,9 @@ def fit_run(ctx: StageContext, context: Dist, run_dir: Path, model: ReportModel,
         "best_epoch": state["best_epoch"], "selected_on": f"val {options.monitor}",
         f"val_{options.monitor}": state["best_score"], "oracle": info.get("oracle", False),
         "labels": info.get("labels"), "seed": options.seed, "visual": model.visual.mode,
-        "adm_enhanced_input": bool(model.visual.adm), **({"distilled": info["distilled"]} if "distilled" in info else {}),
+        "adm_enhanced_input": bool(model.visual.adm),
+        **({"extra_data": info["extra_data"]} if "extra_data" in info else {}),
+        **({"distilled": info["distilled"]} if "distilled" in info else {}),
         **({"init": info["init"], "warm_start": info.get("warm_start")} if "init" in info else {}),
         "decoding": {"beam_size": options.val_beam_size, "max_length": config.max_length, "block_trigrams": True,
                      "length_penalty": options.length_penalty}})

@@ -1,0 +1,330 @@
+"""CXR-IRGen synthesis: the noise schedule and training target on toy cases, DDIM's determinism,
+reference images, and the stages: train-vision (and its resuming), generate (a dataset that passes
+preprocessing's validation), train --extra-data, evaluate, and refusals of bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from scipy import linalg
+
+from conftest import copy_chain, invoke, train  # tests/ is on sys.path under pytest
+from stages.core.artifacts import check_input, read_manifest
+from stages.data.h5dataset import DatasetFile
+from stages.data.r2gen import read_r2gen
+from stages.preprocess import check_records
+from stages.synthesis.prompts import PromptBank, Prompts, plan_prompts
+from stages.synthesis.quality import frechet_distance
+from stages.synthesis.schedule import NoiseSchedule
+from stages.synthesis.vision import VisionConfig, VisionModel, load_vision, sample
+from stages.text.vocab import Vocabulary
+from stages.training.data import MixedSource, StudySource
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# a vision module small enough to train in a second on 64-px chain images; every size is a CLI option
+VISION = ("--resolution", 16, "--width", 8, "--mults", "1,2", "--attention", "", "--heads", 2, "--batch-size", 4,
+          "--timesteps", 50, "--log-every", 1)
+SAMPLING = ("--guidance", 2.0, "--ddim-steps", 3, "--batch-size", 8)
+
+
+def tiny_model(target: str = "eps", seed: int = 0) -> VisionModel:
+    torch.manual_seed(seed)
+    model = VisionModel(VisionConfig(resolution=8, width=8, mults="1,2", attention="", heads=2, timesteps=20,
+                                     target=target, text_dim=6, image_dim=5, views=2))
+    with torch.no_grad():  # zero-initialised layers would make the untrained model ignore its inputs
+        for name, p in model.unet.named_parameters():
+            if name.startswith("head") or ".conv2." in name:
+                p.normal_(0, 0.02)
+    return model.eval()
+
+
+@pytest.mark.parametrize("kind", ["cosine", "linear"])
+def test_schedule_keeps_less_signal_at_every_step(kind):
+    schedule = NoiseSchedule(kind, 1000)
+    abar = schedule.alphas_cumprod
+    assert (abar[1:] < abar[:-1]).all() and abar[0] > 0.99 and abar[-1] < 1e-3 and (abar > 0).all()
+    manual = torch.ones((), dtype=torch.float64)
+    for t in range(10):  # the cumulative product, by hand
+        manual = manual * (1 - schedule.betas[t])
+    assert abar[9].item() == pytest.approx(manual.item(), rel=1e-12)
+
+
+def test_cosine_schedule_keeps_more_signal_mid_way_than_linear():
+    assert NoiseSchedule("cosine").alphas_cumprod[500] > 2 * NoiseSchedule("linear").alphas_cumprod[500]
+
+
+@pytest.mark.parametrize("target", ["eps", "v"])
+def test_q_sample_target_and_split_on_a_toy_case(target):
+    schedule = NoiseSchedule("cosine", 100, target)
+    x0 = torch.tensor([[[[0.5, -1.0]]]]).repeat(3, 1, 1, 1)
+    noise = torch.tensor([[[[1.0, 2.0]]]]).repeat(3, 1, 1, 1)
+    t = torch.tensor([0, 40, 99])
+    x_t = schedule.q_sample(x0, t, noise)
+    for i, step in enumerate(t.tolist()):
+        a = schedule.alphas_cumprod[step].item()
+        expected = [math.sqrt(a) * 0.5 + math.sqrt(1 - a), -math.sqrt(a) + 2 * math.sqrt(1 - a)]
+        assert x_t[i].flatten().tolist() == pytest.approx(expected, abs=1e-6)
+    # the target of a perfect prediction gives x_0 and the noise back
+    recovered_x0, recovered_eps = schedule.split(schedule.training_target(x0, t, noise), x_t, t)
+    assert torch.allclose(recovered_x0, x0, atol=1e-4) and torch.allclose(recovered_eps, noise, atol=1e-4)
+
+
+@pytest.mark.parametrize("target", ["eps", "v"])
+def test_loss_is_zero_for_a_perfect_predictor_and_not_for_a_blind_one(target):
+    model = tiny_model(target).train()
+    x0 = torch.rand(4, 1, 8, 8) * 2 - 1
+    prompts = Prompts(torch.randn(4, 6), torch.randn(4, 5), torch.tensor([0, 1, 0, 1]))
+    schedule = model.schedule
+
+    def perfect(x_t, t, cond):  # knows x_0, so it can say what the noise was
+        abar = schedule.alphas_cumprod[t].float().view(-1, 1, 1, 1)
+        noise = (x_t - abar.sqrt() * x0) / (1 - abar).sqrt()
+        return schedule.training_target(x0, t, noise)
+
+    model.unet.forward = perfect
+    assert model.loss(x0, prompts, torch.Generator().manual_seed(0)).item() < 1e-8
+    model.unet.forward = lambda x_t, t, cond: torch.zeros_like(x_t)
+    assert model.loss(x0, prompts, torch.Generator().manual_seed(0)).item() > 0.05
+
+
+def test_ddim_with_a_perfect_predictor_lands_on_the_image():
+    schedule = NoiseSchedule("cosine", 200)
+    x0 = torch.rand(2, 1, 4, 4) * 1.6 - 0.8
+
+    def perfect(x_t, t):
+        abar = schedule.alphas_cumprod[t].float().view(-1, 1, 1, 1)
+        return (x_t - abar.sqrt() * x0) / (1 - abar).sqrt()
+
+    out = schedule.ddim_sample(perfect, torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(1)), 10)
+    assert torch.allclose(out, x0, atol=1e-4)
+    times = schedule.ddim_timesteps(10)
+    assert times == list(range(180, -1, -20))  # leading spacing: T - 1, where sqrt(abar) ~ 0, is left out
+
+
+def test_sampling_is_deterministic_under_a_seed_and_independent_of_batching():
+    model = tiny_model("v")  # an untrained v-predictor stays inside [-1, 1]; an eps one saturates
+    prompts = Prompts(torch.randn(3, 6), torch.randn(3, 5), torch.tensor([0, 1, 1]))
+    first = sample(model, prompts, guidance=2.0, steps=4, seed=5, batch_size=3)
+    assert first.shape == (3, 1, 8, 8) and first.abs().max() <= 1 + 1e-6 and (first.abs() < 0.99).float().mean() > 0.5
+    assert torch.equal(first, sample(model, prompts, guidance=2.0, steps=4, seed=5, batch_size=3))
+    assert torch.allclose(first, sample(model, prompts, guidance=2.0, steps=4, seed=5, batch_size=1), atol=1e-5)
+    assert not torch.allclose(first, sample(model, prompts, guidance=2.0, steps=4, seed=6, batch_size=3))
+    assert not torch.allclose(first, sample(model, prompts, guidance=0.0, steps=4, seed=5, batch_size=3))
+
+
+def test_frechet_distance_is_zero_for_the_same_set_and_grows_with_a_shift():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(200, 3))
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    assert frechet_distance(a, a + [2.0, 0, 0]) == pytest.approx(4.0, abs=1e-6)
+    assert frechet_distance(a, rng.normal(size=(200, 3)) * 3) > frechet_distance(a, rng.normal(size=(200, 3)))
+    for n in (4, 40):  # fewer and more samples than dimensions: FID's formula with a matrix square root
+        x, y = rng.normal(size=(n, 6)), rng.normal(size=(n + 3, 6)) * 2 + 1
+        cx, cy = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+        formula = ((x.mean(0) - y.mean(0)) ** 2).sum() + np.trace(cx + cy - 2 * linalg.sqrtm(cx @ cy).real)
+        assert frechet_distance(x, y) == pytest.approx(formula, rel=1e-6)
+
+
+def test_references_share_the_view_and_labels_and_never_the_study(chain):
+    art = chain / "demo"
+    bank = PromptBank(art / "dataset.h5", art / "labels.h5", art / "features.h5")
+    try:
+        rows = bank.image_rows("train")
+        studies = bank.image_study[rows]
+        refs = bank.references(bank.labels[studies], bank.view[rows], studies, np.random.default_rng(0))
+        assert (bank.view[refs] == bank.view[rows]).all() and (bank.image_study[refs] != studies).all()
+        assert (bank.data.splits[bank.image_study[refs]] == "train").all()
+        same = (bank.labels[bank.image_study[refs]] == bank.labels[studies]).all(axis=1)
+        for i in np.flatnonzero(~same):  # a differing reference only where no other study has these labels
+            others = (bank.labels[bank.image_study[rows]] == bank.labels[studies[i]]).all(axis=1)
+            assert not (others & (bank.image_study[rows] != studies[i]) & (bank.view[rows] == bank.view[rows[i]])).any()
+        plan = plan_prompts(bank, "test", 5, seed=0)
+        assert len(plan.studies) == 5 and (bank.data.splits[plan.studies] == "test").all()
+        assert (bank.image_study[plan.real_rows] == plan.studies[plan.image_study]).all()
+    finally:
+        bank.close()
+
+
+@pytest.fixture(scope="module")
+def synth(chain, tmp_path_factory) -> Path:
+    """The chain with a tiny vision module (synthesize/vision/) trained for 4 steps."""
+    art = copy_chain(chain, tmp_path_factory.mktemp("synth") / "art")
+    invoke("synthesize", "train-vision", "--dataset", "demo", "--artifacts", art, *VISION, "--steps", 4,
+           "--checkpoint-every", 2)
+    return art
+
+
+def test_train_vision_writes_a_run(synth):
+    run = synth / "demo" / "synthesize" / "vision"
+    assert {"vision.pt", "last.pt", "log.jsonl", "curves.png", "run.json"} <= {p.name for p in run.iterdir()}
+    manifest = check_input(run / "vision.pt", "demo")
+    assert manifest["options"]["model"]["prompt"] == "text+image" and manifest["options"]["train"]["steps"] == 4
+    assert manifest["stage"] == "synthesize train-vision"
+    assert manifest["command"].startswith("rrg-stage synthesize train-vision --dataset demo")
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if r["event"] == "train"] == [1, 2, 3, 4]
+    assert [r["step"] for r in log if r["event"] == "validation"] == [2, 4]
+    model, info = load_vision(run / "vision.pt")
+    assert model.config.resolution == 16 and info["view_names"] == ["frontal", "lateral"]
+    bank = PromptBank(synth / "demo" / "dataset.h5", synth / "demo" / "labels.h5", synth / "demo" / "features.h5")
+    try:  # the prompts are standardised by the training prompts' statistics, kept in the weights
+        train_rows = bank.image_rows("train")
+        assert torch.allclose(model.image_mean, torch.from_numpy(bank.image[train_rows].mean(0)), atol=1e-5)
+        assert torch.allclose(model.text_std, torch.from_numpy(bank.text[np.unique(bank.image_study[train_rows])]
+                                                                .std(0, ddof=1)), atol=1e-5)
+    finally:
+        bank.close()
+    out = invoke("synthesize", "train-vision", "--dataset", "demo", "--artifacts", synth, *VISION, "--steps", 4,
+                 "--checkpoint-every", 2)
+    assert "up to date" in out
+
+
+def _kill_at_step(step: int, *args) -> subprocess.CompletedProcess:
+    """`rrg-stage ARGS` in a subprocess that SIGKILLs itself when the vision trainer reaches `step`,
+    on as many threads as this process (the uninterrupted run it is compared with ran here)."""
+    script = ("import os, signal, sys\n"
+              f"import torch; torch.set_num_threads({torch.get_num_threads()})\n"
+              "from stages.synthesis.vision import VisionTrainer\n"
+              "from stages.cli import main\n"
+              "read = VisionTrainer._batch\n"
+              "def batch(self, step):\n"
+              f"    if step == {step}:\n"
+              "        os.kill(os.getpid(), signal.SIGKILL)\n"
+              "    return read(self, step)\n"
+              "VisionTrainer._batch = batch\n"
+              "main(sys.argv[1:])\n")
+    return subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True)
+
+
+def test_train_vision_killed_mid_run_resumes_to_the_same_weights(synth, tmp_path):
+    cut = copy_chain(synth, tmp_path / "cut")
+    shutil.rmtree(cut / "demo" / "synthesize")
+    args = ("synthesize", "train-vision", "--dataset", "demo", "--artifacts", cut, *VISION, "--steps", 4,
+            "--checkpoint-every", 2)
+    killed = _kill_at_step(3, *args)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    run = cut / "demo" / "synthesize" / "vision"
+    assert (run / "last.pt").exists() and not (run / "vision.pt").exists()
+    assert "resuming at step 2" in invoke(*args)
+    resumed = torch.load(run / "vision.pt", weights_only=True)["model"]
+    whole = torch.load(synth / "demo" / "synthesize" / "vision" / "vision.pt", weights_only=True)["model"]
+    assert resumed.keys() == whole.keys() and all(torch.equal(resumed[k], whole[k]) for k in whole)
+    assert [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()] == [1, 2, 2, 3, 4, 4]
+
+
+@pytest.fixture(scope="module")
+def synthetic(synth) -> Path:
+    """Three synthetic pairs (prompt reports) labelled and encoded as any dataset: synthetic/demo/."""
+    invoke("synthesize", "generate", "--dataset", "demo", "--artifacts", synth, "--n", 3, "--reports", "prompt",
+           *SAMPLING)
+    root = synth / "synthetic"
+    invoke("label", "--dataset", "demo", "--artifacts", root)
+    invoke("extract-features", "--dataset", "demo", "--artifacts", root, "--input-size", 64, "--batch-size", 32)
+    return root / "demo"
+
+
+def test_generate_writes_a_dataset_that_passes_preprocessing_validation(synth, synthetic):
+    records, cleaned = check_records(read_r2gen(synthetic / "raw"), "iu", strict=True)
+    assert len(records) == 3 and all(r.split == "train" and len(r.images) == 2 for r in records)
+    manifest = check_input(synthetic / "dataset.h5", "demo")
+    assert manifest["synthetic"] is True and manifest["options"]["reports"] == "prompt"
+    vocab = Vocabulary.load(synth / "demo" / "vocab.json")
+    annotation = json.loads((synthetic / "raw" / "annotation.json").read_text())["train"]
+    with DatasetFile(synthetic / "dataset.h5") as data, DatasetFile(synth / "demo" / "dataset.h5") as real:
+        assert len(data) == 3 and data.image_size == real.image_size and data.pixels.shape[0] == 6
+        assert (data.splits == "train").all()
+        prompts = [real.ids.index(entry["prompt_study"]) for entry in annotation]
+        assert data.reports == [real.reports[i] for i in prompts]  # the prompt reports, cleaned the same way
+        assert data.token_ids.tolist() == vocab.encode_batch(data.reports, real.token_ids.shape[1])[0].tolist()
+        assert data.pixels[:].std() > 0
+    again = invoke("synthesize", "generate", "--dataset", "demo", "--artifacts", synth, "--n", 3, "--reports",
+                   "prompt", *SAMPLING)
+    assert "up to date" in again
+
+
+def test_mixed_source_adds_only_the_extra_training_studies(synth, synthetic):
+    real_dir = synth / "demo"
+    with h5py.File(real_dir / "labels.h5", "r") as h5:
+        labels = h5["binary"][:].astype(np.float32)
+    with h5py.File(synthetic / "labels.h5", "r") as h5:
+        extra_labels = h5["binary"][:].astype(np.float32)
+    real = StudySource(real_dir / "dataset.h5", labels, features_h5=real_dir / "features.h5")
+    extra = StudySource(synthetic / "dataset.h5", extra_labels, features_h5=synthetic / "features.h5")
+    mixed = MixedSource(real, extra)
+    try:
+        offset = len(real.data)
+        assert mixed.rows("train").tolist() == real.rows("train").tolist() + [offset, offset + 1, offset + 2]
+        assert mixed.rows("val").tolist() == real.rows("val").tolist()
+        rows = np.asarray([offset + 1, int(real.rows("train")[0]), offset])
+        batch = mixed.batch(rows)
+        assert torch.equal(batch.targets[0], torch.from_numpy(extra.data.token_ids[1].astype(np.int64)))
+        assert torch.equal(batch.targets[1], torch.from_numpy(real.data.token_ids[rows[1]].astype(np.int64)))
+        assert torch.equal(batch.views[2], extra.batch(np.asarray([0])).views[0])
+        assert torch.equal(batch.labels[0], torch.from_numpy(extra_labels[1]))
+    finally:
+        mixed.close()
+
+
+def test_train_with_extra_data_trains_on_the_synthetic_studies(synth, synthetic, monkeypatch):
+    seen: list[int] = []
+    read = MixedSource.batch
+
+    def batch(self, rows, *, train=False, generator=None):
+        if train:
+            seen.extend(int(r) - self.offset for r in rows if r >= self.offset)
+        return read(self, rows, train=train, generator=generator)
+
+    monkeypatch.setattr(MixedSource, "batch", batch)
+    train(synth, "--model", "base", "--name", "mixed", "--epochs", 1, "--extra-data", synthetic)
+    assert sorted(seen) == [0, 1, 2]  # one epoch: each synthetic study once
+    run = json.loads((synth / "demo" / "runs" / "mixed" / "run.json").read_text())
+    assert run["extra_data"]["train_studies"] == 3 and run["extra_data"]["synthetic"] is True
+    manifest = read_manifest(synth / "demo" / "runs" / "mixed" / "model.pt")
+    assert {"extra_dataset", "extra_labels", "extra_features"} <= set(manifest["inputs"])
+    # an extra dataset in another vocabulary is refused, naming the file
+    own = synthetic / "vocab.json"
+    own.write_text(json.dumps({"tokens": ["<unk>", "zzz"], "unk": "<unk>"}))
+    try:
+        out = train(synth, "--model", "base", "--name", "bad", "--epochs", 1, "--extra-data", synthetic, code=1)
+    finally:
+        own.unlink()
+    assert "another vocabulary" in out and "dataset.h5" in out
+    out = train(synth, "--model", "ekagen", "--name", "bad", "--epochs", 1, "--extra-data", synthetic, code=2)
+    assert "--extra-data" in out
+
+
+def test_evaluate_writes_the_measurements_and_a_grid(synth):
+    invoke("synthesize", "evaluate", "--dataset", "demo", "--artifacts", synth, *SAMPLING, "--components", 3,
+           "--grid-rows", 3)
+    run = synth / "demo" / "synthesize" / "vision"
+    results = json.loads((run / "evaluation_test.json").read_text())
+    assert set(results["frechet"]) == {"real (floor)", "generated", "noise baseline", "mean-image baseline"}
+    assert all(v["full"] >= 0 and v["pca3"] >= 0 for v in results["frechet"].values())
+    assert results["frechet"]["noise baseline"]["full"] > results["frechet"]["real (floor)"]["full"]
+    assert set(results["clinical_auroc"]) == {"generated", "real at 16 px", "real at 64 px"}
+    with np.load(run / "samples_test.npz") as samples:
+        assert samples["images"].shape == (results["images"], 64, 64)
+    assert (run / "grid_test.png").stat().st_size > 1000
+
+
+def test_synthesize_refuses_bad_input(synth, tmp_path):
+    out = invoke("synthesize", "generate", "--dataset", "demo", "--artifacts", synth, "--run", "missing", "--n", 2,
+                 *SAMPLING, code=1)
+    assert "synthesize/missing/vision.pt is missing" in out and "synthesize train-vision" in out
+    out = invoke("synthesize", "train-vision", "--dataset", "demo", "--artifacts", synth, *VISION, "--steps", 4,
+                 "--resolution", 9, code=2)
+    assert "divisible" in out
+    broken = copy_chain(synth, tmp_path / "broken")
+    (broken / "demo" / "synthesize" / "vision" / "vision.pt").write_bytes(b"not a checkpoint")
+    out = invoke("synthesize", "evaluate", "--dataset", "demo", "--artifacts", broken, *SAMPLING, code=1)
+    assert "vision.pt" in out and ("changed after its manifest" in out or "not a vision module" in out)
