@@ -175,7 +175,8 @@ def sampling_options(func: Any) -> Any:
 
 
 def _sampling_options(ctx: StageContext, variant: str, given: dict[str, Any]) -> dict[str, Any]:
-    return resolve(ctx.dataset, "synthesize", given, variant=variant, fallback=SAMPLING)
+    options = resolve(ctx.dataset, "synthesize", given, variant=variant)
+    return {**SAMPLING, **{k: v for k, v in options.items() if v is not None}}
 
 
 @command.command("generate")
