@@ -21,9 +21,9 @@ from stages.core.config import canonical_dataset
 from stages.core.errors import StageError
 
 RUN_FILE = "run.json"
-# run.json fields copied into metrics.json: what a reader needs to judge a number
 # what a run's recorded decoding passes on to the decoder (block_trigrams follows from the beam size)
 DECODING_FIELDS = ("beam_size", "max_length", "length_penalty")
+# run.json fields copied into metrics.json: what a reader needs to judge a number
 PROTOCOL_FIELDS = ("model", "decoding", "checkpoint", "oracle", "seed", "adm_enhanced_input", "distilled", "init")
 
 
