@@ -4,10 +4,10 @@ paper's description.
 - Shared cross-modal prototype matrix: num_classes label groups x protos_per_class prototypes
   of proto_dim features (reference: 14 x 20, each a unit visual + unit text feature), initialised
   from prototypes.pkl (`kmeans-init`) and learned. Every forward projects it to d_model with one
-  linear layer and a LayerNorm, shared by both modalities. The LayerNorm is ours: projected as they
-  are, the prototypes (each a unit visual and a unit text feature) answer at a twentieth of the
-  scale of the word embeddings they are fused with, and on the demo the reports then ignored their
-  labels (validation CE micro-F1 of the selected epoch 0.64, test 0.605; with it 0.74, test 0.774).
+  linear layer and a LayerNorm, shared by both modalities. The LayerNorm is ours: without it the
+  prototypes answer at about a twentieth of the scale of the word embeddings they are fused with,
+  and on the demo the reports then ignored their labels (validation CE micro-F1 of the selected
+  epoch 0.64, test 0.605; with it 0.74, test 0.774).
 - Label-conditioned querying. The rule, per sample:
     * the groups of its positive labels (label > 0.5) are attended;
     * no positive label: the No Finding group, which is the last group in the CheXpert order
