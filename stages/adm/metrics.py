@@ -22,6 +22,7 @@ import h5py
 import numpy as np
 
 from stages.adm.classifier import class_aurocs, macro, pool_studies
+from stages.core.artifacts import save_figure
 from stages.labeling.observations import NO_FINDING, OBSERVATIONS
 
 SHORT = ("ECM", "Cardiomeg", "Opacity", "Lesion", "Edema", "Consol", "Pneumonia", "Atelect", "PTX", "Effusion",
@@ -184,8 +185,7 @@ def overlay_grid(path: Path, images: np.ndarray, masks: np.ndarray, truth: np.nd
                  "+ green / x magenta = Grad-CAM peak of a positive finding inside / outside its region",
                  fontsize=8)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def describe(labels: np.ndarray) -> str:

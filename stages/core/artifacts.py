@@ -98,6 +98,18 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def save_figure(fig: Any, path: Path, dpi: int = 100) -> None:
+    """Write a matplotlib figure through a temporary sibling (a crash leaves the previous image
+    whole) and close it."""
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
 def load_torch(path: Path, what: str, fix: str = "") -> Any:
     """torch.load (tensors and plain values only) whose errors name the file: FileNotFoundError
     when it is absent, ValueError when it is not a readable torch file; `fix` ends both messages."""

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from stages.core.artifacts import save_figure
 from stages.labeling.observations import OBSERVATIONS, POSITIVE, UNCERTAIN
 
 
@@ -33,5 +34,4 @@ def plot_prevalence(table: pd.DataFrame, path: Path, title: str) -> None:
     ax.set_title(title)
     ax.legend([c.replace(" pos%", "") for c in positive.columns], title="split")
     plt.tight_layout()
-    ax.figure.savefig(path, dpi=110)
-    plt.close(ax.figure)
+    save_figure(ax.figure, path, dpi=110)

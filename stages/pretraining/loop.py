@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from stages.core.artifacts import save_figure
 from stages.core.checkpoints import load_checkpoint, random_state, restore_random_state, save_checkpoint
 from stages.pretraining.data import PairSource
 from stages.pretraining.losses import gumbel_temperature, info_nce
@@ -241,7 +241,4 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
     twin.set_ylabel("Recall@5")
     fig.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.cluster import KMeans
 
+from stages.core.artifacts import save_figure
+
 
 def cross_modal(visual: np.ndarray, text: np.ndarray) -> np.ndarray:
     """[visual / |visual| ; text / |text|] per row."""
@@ -107,5 +109,4 @@ def plot_projection(features: np.ndarray, members: list[np.ndarray], prototypes:
     ax.set_title("training features (dots) and initial prototypes (stars), PCA")
     ax.legend(fontsize=7, markerscale=0.8, loc="best")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from stages.core.artifacts import save_figure
+
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """||mu_a - mu_b||^2 + Tr(C_a + C_b - 2 (C_a C_b)^(1/2)) of two (n, d) feature sets.
@@ -92,8 +94,4 @@ def save_grid(path: Path, real: list[np.ndarray], generated: list[np.ndarray], c
         axes[row][0].set_ylabel(caption, fontsize=6, rotation=0, ha="right", va="center", labelpad=4)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path, dpi=90)

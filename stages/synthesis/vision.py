@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from stages.core.artifacts import load_torch
+from stages.core.artifacts import load_torch, save_figure
 from stages.core.checkpoints import load_checkpoint, save_checkpoint
 from stages.synthesis.prompts import PROMPTS, PromptBank, Prompts, to_resolution
 from stages.synthesis.schedule import SCHEDULES, TARGETS, NoiseSchedule
@@ -345,7 +344,4 @@ def plot_curves(log_jsonl: Path, path: Path) -> None:
     ax.set(xlabel="step", ylabel="denoising MSE", yscale="log", title="vision module")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)

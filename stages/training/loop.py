@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from stages.core.artifacts import save_figure
 from stages.core.checkpoints import load_checkpoint, random_state, restore_random_state, save_checkpoint
 from stages.evaluation.clinical import binary_labels, ce_scores, load_labeler
 from stages.evaluation.nlg import as_captions, bleu, cider, rouge_l
@@ -255,7 +255,4 @@ def plot_curves(history: list[dict[str, Any]], monitor: str, path: Path) -> None
     right.plot(epochs, [h.get(f"val_{monitor}", float("nan")) for h in history], marker="o", color="tab:green")
     right.set(xlabel="epoch", ylabel=monitor, title=f"validation {monitor} (selects best.pt)")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
