@@ -2,7 +2,8 @@
 
 Training: one step of `adm-masks` training (augmentation, forward, class-weighted BCE, backward,
 AdamW) on a batch of 128-px images, for every classifier grid (`fine`, the default, `truncated`,
-`dilated`, `full`; ratios against `truncated`). Masks, with the default grid: `adm_batch`
+`dilated`, `full`; ratios against `truncated`), and with the default grid once more on contiguous
+(NCHW) tensors, as the encoder ran before it switched to channels-last (ratio against it). Masks, with the default grid: `adm_batch`
 (probabilities, batched Grad-CAM of all 14 classes, the aggregate mask) on a batch at once vs the
 same images one at a time. Every kind
 runs in each of --repeats interleaved rounds in one process; the table gives medians and ratios.
@@ -52,8 +53,9 @@ def main() -> None:
     models = {grid: classifier(grid, size, args.device) for grid in GRIDS}
     loss_fn = nn.BCEWithLogitsLoss()
 
-    def train_step(diagnosis: Diagnosis) -> Callable[[], None]:
+    def train_step(diagnosis: Diagnosis, channels_last: bool = True) -> Callable[[], None]:
         net = diagnosis.net
+        forward = net if channels_last else (lambda x: net.classify(net.encoder.body(x)))
         optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
 
         def step() -> None:
@@ -61,13 +63,14 @@ def main() -> None:
             x = torch.as_tensor(images).to(torch.float32).div_(255)[:, None]
             x = normalise(net.encoder, augment(x, generator, config).to(args.device))
             optimizer.zero_grad(set_to_none=True)
-            loss_fn(net(x), targets).backward()
+            loss_fn(forward(x), targets).backward()
             optimizer.step()
         return step
 
     masks = models[DEFAULTS["grid"]]
     kinds: dict[str, Callable[[], None]] = {
         **{f"train {grid}": train_step(model) for grid, model in models.items()},
+        f"train {DEFAULTS['grid']} contiguous": train_step(models[DEFAULTS["grid"]], channels_last=False),
         "masks batched": lambda: adm_batch(masks, images),
         "masks one at a time": lambda: [adm_batch(masks, images[i:i + 1]) for i in range(b)],
     }
@@ -91,6 +94,8 @@ def main() -> None:
         "median_images_per_second": median,
         "masks_batched_over_one_at_a_time": round(median["masks batched"] / median["masks one at a time"], 2),
         "mask_grid": DEFAULTS["grid"],
+        "channels_last_over_contiguous": round(median[f"train {DEFAULTS['grid']}"]
+                                               / median[f"train {DEFAULTS['grid']} contiguous"], 2),
         "train_over_truncated": {grid: round(median[f"train {grid}"] / median["train truncated"], 2) for grid in GRIDS},
         "images_per_second": rates,
     }
@@ -99,7 +104,8 @@ def main() -> None:
     for name, value in median.items():
         print(f"  {name:20s} {value:.1f}")
     print(f"  masks batched / one at a time: {results['masks_batched_over_one_at_a_time']}x; "
-          f"training speed against the truncated grid: {results['train_over_truncated']}")
+          f"training speed against the truncated grid: {results['train_over_truncated']}; "
+          f"channels-last over contiguous: {results['channels_last_over_contiguous']}x")
     write_results("adm", results)
 
 

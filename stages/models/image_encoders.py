@@ -43,7 +43,9 @@ class ImageEncoder(nn.Module):
         return (x.unsqueeze(1).expand(-1, 3, -1, -1) - self.mean) / self.std
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
+        """Convolutions run on a channels-last copy of `x`: on the 2-core CPU an EfficientNet-Lite0
+        training step at 128 px is 1.6x faster so (bench/adm.py); the grid comes back contiguous."""
+        return self.body(x.contiguous(memory_format=torch.channels_last)).contiguous()
 
 
 class _EfficientNetBody(nn.Module):
