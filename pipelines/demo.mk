@@ -7,13 +7,15 @@ $(DEMO)/raw/annotation.json: $(INSTALLED) pipelines/demo.toml
 $(DEMO)/dataset.h5: $(DEMO)/raw/annotation.json pipelines/demo.toml
 	$(RRG) preprocess --dataset demo --root $(DEMO)/raw --artifacts $(ART)
 
-demo: setup $(addprefix $(DEMO)/,$(FINAL))
+# the demo also pretrains an image encoder the PRIOR way and scores it (make demo-prior adds its baselines)
+demo: setup $(addprefix $(DEMO)/,$(FINAL)) $(DEMO)/pretrain/prior/probe_test.json
 	@$(RRG) status --dataset demo --artifacts $(ART)
 	@cat $(DEMO)/results_test.md
 	@echo "look at: $(DEMO)/runs/xpronet/viewer_test.html (reports next to their images, in a browser),"
 	@echo "         $(DEMO)/results_test.md (every run and baseline), $(DEMO)/runs/*/curves.png (training),"
 	@echo "         $(DEMO)/adm_overlays.png (attention masks), $(DEMO)/preview.png (images),"
-	@echo "         $(DEMO)/prototypes_pca.png (prototypes), $(DEMO)/knowledge.md (retrieved knowledge)"
+	@echo "         $(DEMO)/prototypes_pca.png (prototypes), $(DEMO)/knowledge.md (retrieved knowledge),"
+	@echo "         $(DEMO)/pretrain/prior/curves.png and probe_test.json (PRIOR pretraining and its downstream scores)"
 
 # EKAGen and its ablation table (bench/results/ekagen_ablation.md), after the demo's own chain
 EKAGEN_RUNS := base ekagen-knowledge ekagen ekagen-gid1 ekagen-gid2

@@ -1,0 +1,23 @@
+"""`make demo` as a dry run: which stages it chains, and in which order (nothing is executed)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
+def test_make_demo_chains_every_stage_in_order(tmp_path):
+    out = subprocess.run(["make", "-n", "demo", f"ART={tmp_path / 'art'}", f"VENV={tmp_path / 'venv'}"],
+                         cwd=REPO, capture_output=True, text=True, check=True).stdout
+    stages = [line.split("rrg-stage", 1)[1].split()[0] for line in out.splitlines() if "rrg-stage " in line]
+    expected = ["make-demo", "preprocess", "extract-features", "label", "kmeans-init", "build-knowledge",
+                "adm-masks", "baselines", "train", "evaluate", "train", "evaluate", "compare", "pretrain",
+                "probe", "status"]
+    assert stages == expected
+    assert "--model xpronet" in out and "probe --run" in out
