@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import statistics
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ import torch
 
 from stages.adm.classifier import TrainConfig as Augmentation
 from stages.core.artifacts import atomic_output, read_manifest, write_json_atomic
+from stages.core.checkpoints import clear_stale_run
 from stages.core.config import resolve
 from stages.core.errors import StageError
 from stages.core.stage import StageContext, dataclass_options, stage_options
@@ -124,8 +124,9 @@ def command(ctx: StageContext, name: str, image_encoder: str | None, weights: st
                         Augmentation(max_rotation=training.max_rotation, min_crop_area=training.min_crop_area))
     try:
         counts = source.check()
-        if ctx.force and run_dir.exists():
-            shutil.rmtree(run_dir)
+        header = {"options": run_options, "inputs": {k: (read_manifest(p) or {}).get("sha256") for k, p in
+                                                     sorted(inputs.items())}}
+        clear_stale_run(run_dir, encoder_pt.name, header, ctx.force, lambda line: click.echo(f"[{ctx.stage}] {line}"))
         run_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(ctx.seed)
         try:
@@ -140,8 +141,6 @@ def command(ctx: StageContext, name: str, image_encoder: str | None, weights: st
                    f"{trained:,} trainable parameters; {counts['train']} training pairs, {counts['val']} for "
                    f"selection; losses: " + ", ".join(p for p in ("global", "local", "spb", "image", "report")
                                                       if config.enabled(p)))
-        header = {"options": run_options, "inputs": {k: (read_manifest(p) or {}).get("sha256") for k, p in
-                                                     sorted(inputs.items())}}
         loop = PretrainLoop(model, source, training, run_dir, header)
         state = loop.fit()
     except ValueError as error:

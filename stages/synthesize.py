@@ -15,6 +15,7 @@ import torch
 
 from stages.adm.classifier import load_diagnosis
 from stages.core.artifacts import atomic_output, read_manifest, write_json_atomic
+from stages.core.checkpoints import clear_stale_run
 from stages.core.config import resolve
 from stages.core.errors import StageError
 from stages.core.stage import StageContext, dataclass_options, stage_options
@@ -37,6 +38,8 @@ TRAIN_HELP = {
     "ema_decay": "Decay of the exponential moving average of the weights that is kept and sampled with.",
     "checkpoint_every": "Save last.pt and compute the validation loss every this many steps.",
     "log_every": "Write a training line to log.jsonl every this many steps.",
+    "balance": "Draw training images with probability (images / images sharing the image's rarest finding) ** this, "
+               "so rare signs are seen more often (0: each image once per epoch).",
 }
 MODEL_HELP = {
     "resolution": "Side of the generated images in pixels (the stored images are resized to it).",
@@ -126,12 +129,11 @@ def train_vision(ctx: StageContext, name: str, device: str, **hyper: Any) -> Non
         run_dir, vision_pt = _vision_run(ctx, name)
         if ctx.up_to_date([vision_pt], run_options, inputs):
             return
-        if ctx.force and run_dir.exists():
-            shutil.rmtree(run_dir)
+        header = {"options": run_options, "inputs": {k: read_manifest(p)["sha256"] for k, p in sorted(inputs.items())}}
+        clear_stale_run(run_dir, vision_pt.name, header, ctx.force, lambda line: click.echo(f"[{ctx.stage}] {line}"))
         run_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(ctx.seed)
         model = VisionModel(config).to(device)
-        header = {"options": run_options, "inputs": {k: read_manifest(p)["sha256"] for k, p in sorted(inputs.items())}}
         trainer = VisionTrainer(model, bank, training, run_dir, header)
         click.echo(f"[{ctx.stage}] {config.prompt} prompt, {config.resolution} px U-Net ({sum(p.numel() for p in model.parameters()):,} "
                    f"parameters) on {len(trainer.train_rows)} training images ({len(trainer.val_rows)} for the validation "

@@ -184,9 +184,16 @@ def test_killed_mid_epoch_resumes_to_the_same_weights(data, tmp_path):
     seed = _copy(data, tmp_path / "seed")
     _pretrain(seed, "--checkpoint-every", 2, "--seed", 1)
     assert not _same(whole / "demo/pretrain/prior/pretrain.pt", seed / "demo/pretrain/prior/pretrain.pt")
-    # other options for the same run name: the stale last.pt is refused, never mixed in
-    (run / "pretrain.pt").unlink()
+    # other options for a finished run: it is pretrained again and replaced
+    before = shutil.copy(seed / "demo/pretrain/prior/pretrain.pt", tmp_path / "before.pt")
+    output = _pretrain(seed, "--checkpoint-every", 2, "--seed", 1, "--lr", 0.01)
+    assert "finished run with other options" in output and "resuming" not in output
+    assert not _same(before, seed / "demo/pretrain/prior/pretrain.pt")
+    # other options for an unfinished run: its last.pt is refused, never lost or mixed in
+    for name in ("pretrain.pt", "encoder.pt"):
+        (run / name).unlink()
     assert "other options or inputs" in _pretrain(cut, "--checkpoint-every", 2, "--lr", 0.01, code=1)
+    assert (run / "last.pt").exists()
 
 
 def test_pretrain_refuses_bad_input(data, tmp_path):

@@ -8,6 +8,8 @@ streams, so that a resumed run ends bit-identical to an uninterrupted one.
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,28 @@ def load_checkpoint(path: Path, header: Any, device: torch.device | str, what: s
         raise ValueError(f"{path} belongs to a {what} with other options or inputs; use another --name, or "
                          "--force to start this run again")
     return saved
+
+
+def finished_with_other_header(run_dir: Path, final: str, header: Any) -> bool:
+    """Whether `run_dir` holds a finished run (its `final` file written) whose last.pt another job wrote."""
+    last = run_dir / "last.pt"
+    if not (run_dir / final).exists() or not last.exists():
+        return False
+    return torch.load(last, map_location="cpu", weights_only=False).get("header") != header
+
+
+def clear_stale_run(run_dir: Path, final: str, header: Any, force: bool, log: Callable[[str], None]) -> None:
+    """Empty `run_dir` for a new job: always with --force, and when it holds a finished run of other
+    options or inputs (stale: its results are replaced). An unfinished run of another job is kept,
+    and its last.pt refused when loaded, so that an interrupted run is never lost to a typo."""
+    if not run_dir.exists():
+        return
+    if force:
+        shutil.rmtree(run_dir)
+    elif finished_with_other_header(run_dir, final, header):
+        log(f"{run_dir} holds a finished run with other options or inputs; training it again "
+            "(its results are replaced)")
+        shutil.rmtree(run_dir)
 
 
 def random_state(generator: torch.Generator) -> dict[str, Any]:

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 
 from stages.core.artifacts import atomic_output, check_input, read_manifest, write_json_atomic
+from stages.core.checkpoints import clear_stale_run
 from stages.core.errors import StageError
 from stages.core.stage import StageContext
 from stages.generation.config import LABEL_CONDITIONED, GeneratorConfig
@@ -147,11 +147,8 @@ def fit_run(ctx: StageContext, context: Dist, run_dir: Path, model: ReportModel,
     tokenizer when it has one (warmstart), else `vocab`. Returns the trainer's final state."""
     header = {"options": run_options,
               "inputs": {k: (read_manifest(p) or {}).get("sha256") for k, p in sorted(inputs.items())}}
-    if context.main and run_dir.exists() and (ctx.force or _finished_with_other_header(run_dir, header)):
-        if not ctx.force:
-            click.echo(f"[{ctx.stage}] {run_dir} holds a finished run with other options or inputs; "
-                       "training it again (its model and results are replaced)")
-        shutil.rmtree(run_dir)
+    if context.main:
+        clear_stale_run(run_dir, "model.pt", header, ctx.force, lambda line: click.echo(f"[{ctx.stage}] {line}"))
     context.barrier()
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -184,15 +181,6 @@ def fit_run(ctx: StageContext, context: Dist, run_dir: Path, model: ReportModel,
                        "epochs": options.epochs})
     click.echo(f"[{ctx.stage}] curves: {run_dir / 'curves.png'}; evaluate with rrg-stage evaluate --run {run_dir}")
     return state
-
-
-def _finished_with_other_header(run_dir: Path, header: dict[str, Any]) -> bool:
-    """A finished run (model.pt written) whose last.pt has another header is stale and may be
-    replaced; an unfinished one is kept, so that an interrupted run is never lost to a typo."""
-    last = run_dir / "last.pt"
-    if not (run_dir / "model.pt").exists() or not last.exists():
-        return False
-    return torch.load(last, map_location="cpu", weights_only=False).get("header") != header
 
 
 def train_options(options: dict[str, Any], seed: int) -> TrainOptions:
