@@ -25,7 +25,8 @@ from stages.preprocess import check_records
 from stages.synthesis.prompts import PromptBank, Prompts, plan_prompts
 from stages.synthesis.quality import frechet_distance
 from stages.synthesis.schedule import NoiseSchedule
-from stages.synthesis.vision import VisionConfig, VisionModel, load_vision, sample
+from stages.synthesis.vision import (VisionConfig, VisionModel, VisionOptions, VisionTrainer, balanced_weights,
+                                    load_vision, sample)
 from stages.text.vocab import Vocabulary
 from stages.training.data import MixedSource, StudySource
 
@@ -122,6 +123,17 @@ def test_sampling_is_deterministic_under_a_seed_and_independent_of_batching():
     assert not torch.allclose(first, sample(model, prompts, guidance=0.0, steps=4, seed=5, batch_size=3))
 
 
+def test_balanced_weights_favour_the_rarest_finding_of_each_image():
+    # columns: a common finding (3 images), a rare one (1 image); the last image has no positive label
+    labels = np.array([[1, 0], [1, 0], [1, 1], [0, 0]])
+    assert np.allclose(balanced_weights(labels, 0.0), 0.25)
+    weights = balanced_weights(labels, 1.0)
+    assert weights.sum() == pytest.approx(1.0)
+    # the image with the rare finding counts as rare (4/1), the others as common (4/3), unlabelled too
+    assert weights[2] / weights[0] == pytest.approx(3.0) and weights[3] == pytest.approx(weights[0])
+    assert balanced_weights(labels, 0.5)[2] / balanced_weights(labels, 0.5)[0] == pytest.approx(3.0 ** 0.5)
+
+
 def test_frechet_distance_is_zero_for_the_same_set_and_grows_with_a_shift():
     rng = np.random.default_rng(0)
     a = rng.normal(size=(200, 3))
@@ -189,6 +201,25 @@ def test_train_vision_writes_a_run(synth):
     assert "up to date" in out
 
 
+def test_balanced_training_draws_rare_findings_more_often(chain, tmp_path):
+    bank = PromptBank(chain / "demo" / "dataset.h5", chain / "demo" / "labels.h5", chain / "demo" / "features.h5")
+    try:
+        model = VisionModel(VisionConfig(resolution=16, width=8, mults="1,2", attention="", heads=2))
+
+        def drawn(balance: float) -> np.ndarray:
+            trainer = VisionTrainer(model, bank, VisionOptions(batch_size=8, balance=balance), tmp_path, {})
+            assert np.array_equal(trainer.indices(5), trainer.indices(5))  # a function of seed and step
+            return np.concatenate([trainer.train_rows[trainer.indices(step)] for step in range(40)])
+
+        labels = bank.labels[bank.image_study]
+        counts = labels[bank.image_rows("train")].sum(0)
+        rare = np.flatnonzero(labels[:, int(np.argmin(np.where(counts > 0, counts, np.inf)))])
+        share = {b: np.isin(drawn(b), rare).mean() for b in (0.0, 1.0)}
+        assert share[1.0] > 2 * share[0.0]
+    finally:
+        bank.close()
+
+
 def _kill_at_step(step: int, *args) -> subprocess.CompletedProcess:
     """`rrg-stage ARGS` in a subprocess that SIGKILLs itself when the vision trainer reaches `step`,
     on as many threads as this process (the uninterrupted run it is compared with ran here)."""
@@ -220,6 +251,10 @@ def test_train_vision_killed_mid_run_resumes_to_the_same_weights(synth, tmp_path
     whole = torch.load(synth / "demo" / "synthesize" / "vision" / "vision.pt", weights_only=True)["model"]
     assert resumed.keys() == whole.keys() and all(torch.equal(resumed[k], whole[k]) for k in whole)
     assert [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()] == [1, 2, 2, 3, 4, 4]
+    # other options for the finished run: trained again and replaced, not refused
+    output = invoke(*args, "--lr", 0.01)
+    assert "finished run with other options" in output and "resuming" not in output
+    assert read_manifest(run / "vision.pt")["options"]["train"]["lr"] == 0.01
 
 
 @pytest.fixture(scope="module")

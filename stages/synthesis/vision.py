@@ -192,7 +192,19 @@ class VisionOptions:
     ema_decay: float = 0.999
     checkpoint_every: int = 200
     log_every: int = 50
+    balance: float = 0.0
     seed: int = 0
+
+
+def balanced_weights(labels: np.ndarray, power: float) -> np.ndarray:
+    """Sampling probability of each training image: (images / images sharing its rarest positive
+    finding) ** power, so that rare signs are seen more often (power 0: uniform; images without a
+    positive label count as the commonest)."""
+    counts = labels.sum(0).astype(np.float64)
+    rarest = np.where(labels > 0, counts[None, :], np.inf).min(1)
+    rarest = np.where(np.isfinite(rarest), rarest, counts.max(initial=1.0))
+    weights = (len(labels) / np.maximum(rarest, 1.0)) ** power
+    return weights / weights.sum()
 
 
 class VisionTrainer:
@@ -202,6 +214,8 @@ class VisionTrainer:
                  header: dict[str, Any], log: Any = tqdm.write):
         if options.steps < 1 or options.batch_size < 1 or options.checkpoint_every < 1 or options.log_every < 1:
             raise ValueError("--steps, --batch-size, --checkpoint-every and --log-every must be at least 1")
+        if options.balance < 0:
+            raise ValueError("--balance must not be negative")
         self.model, self.bank, self.options, self.run_dir, self.header, self.log = (
             model, bank, options, run_dir, header, log)
         self.train_rows, self.val_rows = bank.image_rows("train"), bank.image_rows("val")
@@ -209,21 +223,32 @@ class VisionTrainer:
         self.train_images = to_resolution(bank.pixels(self.train_rows), resolution)
         self.val_images = to_resolution(bank.pixels(self.val_rows), resolution)
         model.standardise_prompts(bank.text[np.unique(bank.image_study[self.train_rows])], bank.image[self.train_rows])
+        self.weights = (balanced_weights(bank.labels[bank.image_study[self.train_rows]], options.balance)
+                        if options.balance > 0 else None)
         self.ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
         warmup = max(1, options.warmup_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warmup))
         self.state: dict[str, Any] = {"step": 0, "validation": []}
 
-    def _batch(self, step: int) -> tuple[torch.Tensor, Prompts, torch.Generator]:
-        """The images, prompts and random generator of training step `step` (a function of seed and step)."""
+    def indices(self, step: int) -> np.ndarray:
+        """Positions in `train_rows` of step `step`'s images: each image once per epoch, or drawn
+        by `balanced_weights` with --balance (either way a function of seed and step)."""
         b, n, seed = self.options.batch_size, len(self.train_rows), self.options.seed
+        if self.weights is not None:
+            return np.random.default_rng([seed, step, 3]).choice(n, b, p=self.weights)
         positions = step * b + np.arange(b)
         epochs = positions // n
         index = np.empty(b, dtype=np.int64)
         for epoch in np.unique(epochs):
             order = np.random.default_rng([seed, int(epoch)]).permutation(n)
             index[epochs == epoch] = order[positions[epochs == epoch] % n]
+        return index
+
+    def _batch(self, step: int) -> tuple[torch.Tensor, Prompts, torch.Generator]:
+        """The images, prompts and random generator of training step `step` (a function of seed and step)."""
+        seed = self.options.seed
+        index = self.indices(step)
         rows = self.train_rows[index]
         studies = self.bank.image_study[rows]
         references = self.bank.references(self.bank.labels[studies], self.bank.view[rows], studies,
