@@ -3,10 +3,10 @@
 Training: one step of `adm-masks` training (augmentation, forward, class-weighted BCE, backward,
 AdamW) on a batch of 128-px images, for every classifier grid (`fine`, the default, `truncated`,
 `dilated`, `full`; ratios against `truncated`), and with the default grid once more on contiguous
-(NCHW) tensors, as the encoder ran before it switched to channels-last (ratio against it). Masks, with the default grid: `adm_batch`
-(probabilities, batched Grad-CAM of all 14 classes, the aggregate mask) on a batch at once vs the
-same images one at a time. Every kind
-runs in each of --repeats interleaved rounds in one process; the table gives medians and ratios.
+(NCHW) tensors, as the encoder ran before it switched to channels-last (ratio against it).
+Masks, with the default grid: `adm_batch` (probabilities, batched Grad-CAM of all 14 classes, the
+aggregate mask) on a batch at once vs the same images one at a time. Every kind runs in each of
+--repeats interleaved rounds in one process; the table gives medians and ratios.
 Writes bench/results/adm.json.
 Usage: python bench/adm.py [--repeats 5] [--batch-size 32] [--size 128] [--device cpu]
 """
