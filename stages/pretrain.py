@@ -11,8 +11,8 @@ import click
 import torch
 
 from stages.adm.classifier import TrainConfig as Augmentation
-from stages.core.artifacts import atomic_output, read_manifest, write_json_atomic
-from stages.core.checkpoints import clear_stale_run
+from stages.core.artifacts import atomic_output, write_json_atomic
+from stages.core.checkpoints import clear_stale_run, run_header
 from stages.core.config import resolve
 from stages.core.errors import StageError
 from stages.core.stage import StageContext, dataclass_options, stage_options
@@ -124,8 +124,7 @@ def command(ctx: StageContext, name: str, image_encoder: str | None, weights: st
                         Augmentation(max_rotation=training.max_rotation, min_crop_area=training.min_crop_area))
     try:
         counts = source.check()
-        header = {"options": run_options, "inputs": {k: (read_manifest(p) or {}).get("sha256") for k, p in
-                                                     sorted(inputs.items())}}
+        header = run_header(run_options, inputs)
         clear_stale_run(run_dir, encoder_pt.name, header, ctx.force, lambda line: click.echo(f"[{ctx.stage}] {line}"))
         run_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(ctx.seed)

@@ -15,7 +15,7 @@ import torch
 
 from stages.adm.classifier import load_diagnosis
 from stages.core.artifacts import atomic_output, read_manifest, write_json_atomic
-from stages.core.checkpoints import clear_stale_run
+from stages.core.checkpoints import clear_stale_run, run_header
 from stages.core.config import resolve
 from stages.core.errors import StageError
 from stages.core.stage import StageContext, dataclass_options, stage_options
@@ -129,7 +129,7 @@ def train_vision(ctx: StageContext, name: str, device: str, **hyper: Any) -> Non
         run_dir, vision_pt = _vision_run(ctx, name)
         if ctx.up_to_date([vision_pt], run_options, inputs):
             return
-        header = {"options": run_options, "inputs": {k: read_manifest(p)["sha256"] for k, p in sorted(inputs.items())}}
+        header = run_header(run_options, inputs)
         clear_stale_run(run_dir, vision_pt.name, header, ctx.force, lambda line: click.echo(f"[{ctx.stage}] {line}"))
         run_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(ctx.seed)

@@ -329,7 +329,7 @@ def train_diagnosis(data: TrainData, encoder: ImageEncoder, config: TrainConfig,
         state["epoch"] = epoch + 1
         if state_path is not None:
             save_checkpoint(state_path, {"key": resume_key, "model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                                     "scheduler": scheduler.state_dict(), "state": state})
+                                         "scheduler": scheduler.state_dict(), "state": state})
     net.load_state_dict(state["best"])
     probs = evaluate(net, data, data.val, config.batch_size)
     scores = validation_scores(data, probs)

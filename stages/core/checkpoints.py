@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from stages.core.artifacts import read_manifest
+
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -32,6 +34,11 @@ def load_checkpoint(path: Path, header: Any, device: torch.device | str, what: s
         raise ValueError(f"{path} belongs to a {what} with other options or inputs; use another --name, or "
                          "--force to start this run again")
     return saved
+
+
+def run_header(options: dict[str, Any], inputs: dict[str, Path]) -> dict[str, Any]:
+    """What names a training job in its checkpoints: its options and its inputs' checksums."""
+    return {"options": options, "inputs": {k: (read_manifest(p) or {}).get("sha256") for k, p in sorted(inputs.items())}}
 
 
 def finished_with_other_header(run_dir: Path, final: str, header: Any) -> bool:

@@ -211,7 +211,7 @@ class PretrainLoop:
         if score <= self.state["best_score"]:
             self.state.update(best_score=score, best_epoch=epoch + 1)
             save_checkpoint(self.run_dir / "best.pt", {"header": self.header, "model": self.model.trained_state(),
-                                             "epoch": epoch + 1, "val_loss": record["val_loss"]})
+                                                       "epoch": epoch + 1, "val_loss": record["val_loss"]})
         self.state["history"].append(record)
         self.state.update(epoch=epoch + 1, step=0)
         self._log(record)

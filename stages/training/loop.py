@@ -94,7 +94,7 @@ def decode_split(model: ReportModel, source: StudySource, rows: np.ndarray, voca
     for start in tqdm(range(0, len(rows), batch_size), desc=desc, unit="batch", leave=False):
         batch = source.batch(rows[start:start + batch_size]).to(model.device)
         for row, ids in zip(batch.rows, model.generate(batch, beam_size=beam_size, max_length=max_length,
-                                                               length_penalty=length_penalty)):
+                                                       length_penalty=length_penalty)):
             out[source.data.ids[row]] = vocab.decode(ids)
     return out
 
@@ -230,7 +230,7 @@ class Trainer:
             if score > self.state["best_score"]:
                 self.state.update(best_score=score, best_epoch=epoch + 1)
                 save_checkpoint(self.run_dir / "best.pt", {"header": self.header, "model": self.model.state_dict(),
-                                                 "epoch": epoch + 1, f"val_{options.monitor}": score})
+                                                           "epoch": epoch + 1, f"val_{options.monitor}": score})
                 write_predictions(self.run_dir / "predictions_val.csv", predictions)
         self.state["history"].append(record)
         self.state.update(epoch=epoch + 1, step=0)

@@ -85,7 +85,8 @@ class ReportModel(nn.Module):
         if beam_size <= 1:
             return greedy(self.generator, visual, mask, batch.labels, max_length, bos=config.bos_id, eos=config.eos_id)
         return beam_search(self.generator, visual, mask, batch.labels, beam_size=beam_size, max_length=max_length,
-                           length_penalty=length_penalty, bos=config.bos_id, eos=config.eos_id, word_start=self.generator.word_start)
+                           length_penalty=length_penalty, bos=config.bos_id, eos=config.eos_id,
+                           word_start=self.generator.word_start)
 
 
 def build_model(config: GeneratorConfig, visual: VisualSpec, prototypes: np.ndarray | None = None,

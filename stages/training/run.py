@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from stages.core.artifacts import atomic_output, check_input, read_manifest, write_json_atomic
-from stages.core.checkpoints import clear_stale_run
+from stages.core.checkpoints import clear_stale_run, run_header
 from stages.core.errors import StageError
 from stages.core.stage import StageContext
 from stages.generation.config import LABEL_CONDITIONED, GeneratorConfig
@@ -145,8 +145,7 @@ def fit_run(ctx: StageContext, context: Dist, run_dir: Path, model: ReportModel,
     """Train `model` into `run_dir` (resuming its last.pt) and write model.pt, run.json and the
     manifest on rank 0. `vocab` is the dataset's (validation references); `text` the model's own
     tokenizer when it has one (warmstart), else `vocab`. Returns the trainer's final state."""
-    header = {"options": run_options,
-              "inputs": {k: (read_manifest(p) or {}).get("sha256") for k, p in sorted(inputs.items())}}
+    header = run_header(run_options, inputs)
     if context.main:
         clear_stale_run(run_dir, "model.pt", header, ctx.force, lambda line: click.echo(f"[{ctx.stage}] {line}"))
     context.barrier()
