@@ -7,8 +7,11 @@ that each is current, and writes bench/results/prior.csv / .md with one row per 
 and zero-shot macro-AUROC over the 14 observations, and image-to-report Recall@1/5/10.
 The linear probe reads the encoder alone (the frozen encoders' rows are plain ImageNet / random
 features); zero-shot and retrieval need the projection heads, which every row trained with the
-same objective, data and budget.
+same objective, data and budget. Brackets are 95% bootstrap intervals over the split's studies;
+the "vs baseline" columns are paired differences against the baseline run of the row's seed (the
+same resampled studies for both), which is what "beats the ImageNet encoder" has to clear.
 Usage: python bench/prior.py [--artifacts artifacts] [--dataset demo] [--split test] [--runs NAME ...]
+       [--baselines NAME ...]
        (the README's table: --runs random imagenet imagenet-seed1 prior prior-seed1 global-only, after
        `rrg-stage pretrain --seed 1 --name prior-seed1`, `... --freeze-encoder --seed 1 --name imagenet-seed1`,
        `... --no-local --no-spb --no-image-reconstruction --no-report-reconstruction --name global-only` and
@@ -27,25 +30,46 @@ import pandas as pd
 from common import machine, write_table
 from stages.core.artifacts import check_input
 from stages.core.errors import StageError
+from stages.pretraining.probe import compare_probes
 
 DEFAULT_RUNS = ("random", "imagenet", "prior")
 
 
-def row(run_dir: Path, split: str, dataset: str) -> dict:
+def load(run_dir: Path, split: str, dataset: str) -> tuple[dict, dict]:
+    """A run's probe results and run.json, the probe checked to be current."""
     path = run_dir / f"probe_{split}.json"
     try:
         check_input(path, dataset)
     except StageError as error:
         sys.exit(f"{error}\n(build it with: rrg-stage probe --run {run_dir} --split {split}, or make demo-prior)")
     probe = json.loads(path.read_text())
-    run = json.loads((run_dir / "run.json").read_text())
+    if "study_ids" not in probe:
+        sys.exit(f"{path} predates the per-study results; rerun: rrg-stage probe --run {run_dir} --split {split}")
+    return probe, json.loads((run_dir / "run.json").read_text())
+
+
+def span(value: float | None, bounds: list[float] | None, signed: bool = False) -> str:
+    if value is None:
+        return "-"
+    f = "+.3f" if signed else ".3f"
+    return f"{value:{f}}" + ("" if bounds is None else f" [{bounds[0]:{f}}, {bounds[1]:{f}}]")
+
+
+def row(name: str, probe: dict, run: dict, baseline: tuple[str, dict] | None) -> dict:
     linear, zero, found = probe["linear_probe"], probe["zero_shot"], probe["retrieval"]
-    return {"run": run_dir.name, "encoder": run["image_encoder"], "init": run["init"],
-            "encoder trained": not run["freeze_encoder"], "losses": "+".join(run["losses"]),
-            "seed": run["seed"], "epochs": run["epochs"], "best epoch": run["best_epoch"], "studies": probe["studies"],
-            "linear probe macro-AUROC": linear["macro_auroc"], "probe C": linear["C"],
-            "zero-shot macro-AUROC": zero["macro_auroc"], "R@1": found["recall@1"], "R@5": found["recall@5"],
-            "R@10": found["recall@10"], "reports": found["reports"], "classes": len(linear["macro_over"])}
+    out = {"run": name, "encoder": run["image_encoder"], "init": run["init"],
+           "encoder trained": not run["freeze_encoder"], "losses": "+".join(run["losses"]),
+           "seed": run["seed"], "epochs": run["epochs"], "best epoch": run["best_epoch"], "studies": probe["studies"],
+           "linear probe macro-AUROC": span(linear["macro_auroc"], linear.get("macro_interval")),
+           "probe C": linear["C"], "zero-shot macro-AUROC": zero["macro_auroc"], "R@1": found["recall@1"],
+           "R@5": span(found["recall@5"], found.get("intervals", {}).get("recall@5")),
+           "R@10": found["recall@10"], "reports": found["reports"], "classes": len(linear["macro_over"])}
+    if baseline is not None and baseline[0] != name:
+        gap = compare_probes(probe, baseline[1])
+        out.update({"vs baseline": baseline[0],
+                    "linear probe vs baseline": span(gap["linear_probe"], gap["linear_probe_interval"], True),
+                    "R@5 vs baseline": span(gap["recall@5"], gap["recall@5_interval"], True)})
+    return out
 
 
 def main() -> None:
@@ -54,11 +78,14 @@ def main() -> None:
     parser.add_argument("--dataset", default="demo")
     parser.add_argument("--split", default="test")
     parser.add_argument("--runs", nargs="+", default=list(DEFAULT_RUNS), help="pretraining runs, in table order")
+    parser.add_argument("--baselines", nargs="*", default=["imagenet"],
+                        help="runs each row is compared with, the one of the row's seed (none: no comparison)")
     args = parser.parse_args()
-    table = pd.DataFrame([row(args.artifacts / args.dataset / "pretrain" / name, args.split, args.dataset)
-                          for name in args.runs])
-    found = json.loads((args.artifacts / args.dataset / "pretrain" / args.runs[0] / f"probe_{args.split}.json")
-                       .read_text())
+    loaded = {name: load(args.artifacts / args.dataset / "pretrain" / name, args.split, args.dataset)
+              for name in dict.fromkeys([*args.runs, *args.baselines])}
+    by_seed = {loaded[name][1]["seed"]: (name, loaded[name][0]) for name in args.baselines}
+    table = pd.DataFrame([row(name, *loaded[name], by_seed.get(loaded[name][1]["seed"])) for name in args.runs])
+    found = loaded[args.runs[0]][0]
     m = machine()
     header = (f"# PRIOR pretraining: downstream scores on {args.dataset} {args.split} ({table['studies'].iloc[0]} "
               f"studies)\n\nLabels: labels.h5 (the project's rule labeler). Macro-AUROC over the classes with at "
@@ -67,7 +94,9 @@ def main() -> None:
               f"study's views), C chosen on validation. Zero-shot: cos(study, 'there is X') - cos(study, 'no X'). "
               f"Recall@K: image-to-report over the split's {found['retrieval']['reports']} distinct reports "
               f"(chance R@5 {found['retrieval']['chance@5']:.3f}). Rows with the encoder frozen trained the same "
-              f"heads and text side with the same objective and budget. {m['date']}, {m['cpu_count']} CPUs.\n\n")
+              f"heads and text side with the same objective and budget. Brackets: 95% bootstrap intervals over the "
+              f"studies; 'vs baseline': the paired difference from the baseline run of the row's seed on the same "
+              f"resampled studies. {m['date']}, {m['cpu_count']} CPUs.\n\n")
     write_table("prior", header, table)
 
 

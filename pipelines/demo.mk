@@ -27,7 +27,7 @@ demo-ekagen: setup $(foreach run,$(EKAGEN_RUNS),$(DEMO)/runs/$(run)/metrics_test
 WARMSTART_RUNS := warmstart warmstart-random xpronet
 demo-warmstart: setup $(foreach run,$(WARMSTART_RUNS),$(DEMO)/runs/$(run)/metrics_test.json)
 	$(BIN)/python bench/warmstart.py --artifacts $(ART) --dataset demo
-	$(RRG) compare --dataset demo --artifacts $(ART) --split test
+	$(RRG) compare --dataset demo --artifacts $(ART) --split test --baseline nearest-neighbour
 
 # PRIOR pretraining: the pretrained encoder and its two frozen-encoder baselines, scored by zero-shot
 # classification, a linear probe and retrieval (bench/results/prior.md)

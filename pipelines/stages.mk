@@ -71,7 +71,7 @@ $(ART)/%/runs/nearest-neighbour/metrics_test.json: $(ART)/%/dataset.h5 $(ART)/%/
 
 $(ART)/%/results_test.md: $(ART)/%/runs/nearest-neighbour/metrics_test.json $(ART)/%/runs/base/metrics_test.json \
                           $(ART)/%/runs/xpronet/metrics_test.json
-	$(RRG) compare --dataset $* --artifacts $(ART) --split test
+	$(RRG) compare --dataset $* --artifacts $(ART) --split test --baseline nearest-neighbour
 
 # keep every intermediate artifact (make would otherwise delete files it built through a chain)
 .SECONDARY:

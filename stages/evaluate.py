@@ -20,6 +20,7 @@ from stages.core.artifacts import atomic_output, check_input, read_manifest
 from stages.core.config import resolve
 from stages.core.errors import StageError
 from stages.core.stage import StageContext, stage_options
+from stages.evaluation.bootstrap import DRAWS
 from stages.evaluation.clinical import load_labeler
 from stages.evaluation.nlg import NlgScorer
 from stages.evaluation.references import References, from_annotation, from_dataset
@@ -39,7 +40,7 @@ class Scoring:
 
     def options(self) -> dict[str, Any]:
         return {"labeler": self.labeler, "checkpoint": str(self.checkpoint) if self.checkpoint else None,
-                "viewer_studies": self.viewer_studies}
+                "viewer_studies": self.viewer_studies, "bootstrap_draws": DRAWS}
 
     def inputs(self) -> dict[str, Path]:
         return {"checkpoint": self.checkpoint} if self.checkpoint else {}

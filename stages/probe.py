@@ -13,6 +13,7 @@ import torch
 from stages.core.artifacts import atomic_output, check_input
 from stages.core.errors import StageError
 from stages.core.stage import StageContext, stage_options
+from stages.evaluation.bootstrap import DRAWS
 from stages.labeling.observations import OBSERVATIONS
 from stages.pretraining.data import PairSource
 from stages.pretraining.model import load_checkpoint
@@ -21,6 +22,10 @@ from stages.pretraining.probe import C_GRID, KS, probe
 
 def _fmt(value: float | None) -> str:
     return "  n/a" if value is None else f"{value:.3f}"
+
+
+def _span(bounds: list[float] | None) -> str:
+    return "" if bounds is None else f" [{bounds[0]:.3f}, {bounds[1]:.3f}]"
 
 
 def _run_context(ctx: StageContext, run_dir: Path) -> StageContext:
@@ -66,7 +71,8 @@ def command(ctx: StageContext, name: str, run_dir: Path | None, split: str, min_
     check_input(pretrain_pt, ctx.dataset)
     dataset_h5, labels_h5 = ctx.input("dataset.h5"), ctx.input("labels.h5")
     output = run_dir / f"probe_{split}.json"
-    options = {"split": split, "min_positives": min_positives, "c_grid": list(C_GRID), "recall_at": list(KS)}
+    options = {"split": split, "min_positives": min_positives, "c_grid": list(C_GRID), "recall_at": list(KS),
+               "bootstrap_draws": DRAWS}
     inputs = {"dataset": dataset_h5, "labels": labels_h5, "pretrain": pretrain_pt}
     if ctx.up_to_date([output], options, inputs):
         return
@@ -95,10 +101,12 @@ def command(ctx: StageContext, name: str, run_dir: Path | None, split: str, min_
     for name_ in OBSERVATIONS:
         click.echo(f"  {name_:28s} {_fmt(zero['per_class'][name_])} / {_fmt(linear['per_class'][name_])}  "
                    f"{zero['positives'][name_]:4d}")
-    click.echo(f"  macro-AUROC zero-shot {_fmt(zero['macro_auroc'])}, linear probe {_fmt(linear['macro_auroc'])} "
-               f"(C {linear['C']}) over {len(linear['macro_over'])} classes with >= {min_positives} positives")
+    click.echo(f"  macro-AUROC zero-shot {_fmt(zero['macro_auroc'])}, linear probe {_fmt(linear['macro_auroc'])}"
+               f"{_span(linear['macro_interval'])} (C {linear['C']}) over {len(linear['macro_over'])} classes with "
+               f">= {min_positives} positives")
     click.echo("  image-to-report " + ", ".join(f"R@{k} {found[f'recall@{k}']:.3f}" for k in KS)
-               + f" over {found['reports']} reports (chance R@5 {found['chance@5']:.3f})")
+               + f" (R@5{_span(found['intervals']['recall@5'])}) over {found['reports']} reports (chance R@5 "
+                 f"{found['chance@5']:.3f}); brackets: 95% bootstrap interval over the studies")
     ctx.finish(output, options=options, inputs=inputs,
                counts={"studies": results["studies"], "zero_shot_macro_auroc": zero["macro_auroc"],
                        "linear_probe_macro_auroc": linear["macro_auroc"], "recall@5": found["recall@5"]})

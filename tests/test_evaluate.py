@@ -14,7 +14,8 @@ from stages.cli import main
 from stages.core.errors import StageError
 from stages.evaluation.baselines import most_frequent_report, nearest_neighbours
 from stages.evaluation.clinical import binary_labels, ce_scores, load_labeler
-from stages.evaluation.nlg import NlgScorer, as_captions, bleu, rouge_l
+from stages.evaluation.bootstrap import StudyScores, paired_differences
+from stages.evaluation.nlg import NlgScorer, as_captions, bleu, bleu_statistics, corpus_bleu, rouge_l
 from stages.evaluation.references import References, clean_prediction, from_annotation, from_dataset, r2gen_reference
 from stages.evaluation.score import Evaluation, evaluate
 from stages.evaluation.viewer import render
@@ -75,6 +76,40 @@ def test_bleu_and_rouge_by_hand():
     # corpus BLEU: a hypothesis half the reference's length pays the brevity penalty exp(1 - 8/4)
     gts, res = as_captions(["a b c d e f g h"], ["a b c d"])
     assert bleu(gts, res)["BLEU_1"] == pytest.approx(np.exp(1 - 8 / 4), rel=1e-6)
+
+
+def test_bleu_from_per_study_counts_equals_pycocoevalcap():
+    rng = np.random.default_rng(0)
+    words = "the heart is normal no pleural effusion lungs are clear mild cardiomegaly .".split()
+    references = [" ".join(rng.choice(words, rng.integers(4, 20))) for _ in range(30)]
+    generated = [" ".join(rng.choice(words, rng.integers(1, 12))) for _ in range(30)]
+    statistics = bleu_statistics(references, generated)
+    reference = bleu(*as_captions(references, generated))
+    assert [corpus_bleu(statistics, n) for n in range(1, 5)] == pytest.approx([reference[f"BLEU_{n}"] for n in range(1, 5)],
+                                                                            rel=1e-12)
+    with pytest.raises(ValueError, match="up to 4"):
+        corpus_bleu(statistics, 5)
+
+
+def test_study_scores_and_paired_differences():
+    references = ["mild cardiomegaly . no effusion .", "the lungs are clear .", "small left effusion ."] * 10
+    good = list(references)
+    poor = ["the lungs are clear ."] * 30
+    truth = np.tile(np.array([[1, 0], [0, 0], [0, 1]]), (10, 1))
+    ids = [str(k) for k in range(30)]
+    exact = StudyScores.of(ids, references, good, truth, truth)
+    normal = StudyScores.of(ids, references, poor, truth, np.zeros_like(truth))
+    assert exact.metrics() == pytest.approx({"BLEU_4": 1.0, "CE_micro_F1": 1.0})
+    assert normal.metrics()["CE_micro_F1"] == 0.0
+    assert normal.metrics()["BLEU_4"] == pytest.approx(bleu(*as_captions(references, poor))["BLEU_4"])
+    assert exact.intervals()["BLEU_4"] == pytest.approx([1.0, 1.0])
+    gap = paired_differences(exact, normal)
+    assert gap["CE_micro_F1"]["difference"] == 1.0 and gap["CE_micro_F1"]["interval"] == [1.0, 1.0]
+    low, high = gap["BLEU_4"]["interval"]
+    assert 0 < low <= gap["BLEU_4"]["difference"] <= high
+    assert paired_differences(exact, exact)["BLEU_4"] == {"difference": 0.0, "interval": [0.0, 0.0]}
+    with pytest.raises(ValueError, match="different studies"):
+        paired_differences(exact, StudyScores.of(ids[::-1], references, good, truth, truth))
 
 
 @needs_java
@@ -218,6 +253,12 @@ def test_baselines_compare_and_viewer(chain):
     assert {"most-frequent", "nearest-neighbour"} <= set(table.index)
     assert table.loc["most-frequent", "studies"] == 3 and 0 <= table.loc["nearest-neighbour", "BLEU-4"] <= 1
     assert (art / "demo/results_test.md").read_text().count("\n") == len(table) + 2
+    assert table.loc["most-frequent", "BLEU-4 95%"].startswith("[")
+    assert "--baseline nope" in invoke("compare", "--dataset", "demo", "--artifacts", art, "--baseline", "nope", code=1)
+    invoke("compare", "--dataset", "demo", "--artifacts", art, "--baseline", "most-frequent")
+    table = pd.read_csv(art / "demo/results_test.csv").set_index("run")
+    assert table.loc["most-frequent", "CE micro F1 vs most-frequent"] == "-"
+    assert table.loc["nearest-neighbour", "BLEU-4 vs most-frequent"][0] in "+-"
 
     run = runs / "mine"
     run.mkdir()

@@ -18,7 +18,8 @@ from stages.core.artifacts import write_manifest
 from stages.features.extract import encode_images
 from stages.pretraining.losses import assign, gumbel_temperature, info_nce, matched_reconstruction, within_report_nce
 from stages.pretraining.model import load_checkpoint
-from stages.pretraining.probe import retrieval
+from stages.evaluation.bootstrap import interval
+from stages.pretraining.probe import compare_probes, retrieval
 from stages.text.clean import split_sentences
 
 # a model small enough to train in seconds; every size is a real CLI option
@@ -85,6 +86,32 @@ def test_sentences_and_retrieval():
     # identical reports are one report: studies 0 and 1 both find "a" first
     found = retrieval(emb[:3], np.stack([emb[0], emb[0], emb[2]]), ["a", "a", "c"], ks=(1, 5))
     assert found["recall@1"] == 1.0 and found["reports"] == 2 and found["chance@5"] == 1.0
+
+
+def test_bootstrap_intervals_and_compare_probes():
+    assert interval(lambda i: 0.5, 10) == [0.5, 0.5]
+    hits = np.array([1.0] * 20 + [0.0] * 80)
+    low, high = interval(lambda i: float(hits[i].mean()), 100)
+    assert 0.1 < low < 0.2 < high < 0.3  # binomial: 0.2 +- 1.96 * 0.04
+    assert interval(lambda i: None, 10) is None  # never defined
+    # two runs on the same 40 studies; labels of one class, half positive
+    labels = [[1] if k % 2 else [0] for k in range(40)]
+    perfect = [float(k % 2) for k in range(40)]
+
+    def result(ranks, scores):
+        return {"study_ids": [str(k) for k in range(40)], "labels": labels, "retrieval": {"ranks": ranks},
+                "linear_probe": {"macro_over": ["Enlarged Cardiomediastinum"],
+                                 "scores": {"Enlarged Cardiomediastinum": scores}}}
+
+    a = result([0] * 40, perfect)
+    b = result([0] * 20 + [9] * 20, [-s for s in perfect])
+    gap = compare_probes(a, b)
+    assert gap["recall@5"] == pytest.approx(0.5) and gap["linear_probe"] == pytest.approx(1.0)
+    assert gap["recall@5_interval"][0] > 0.3 and gap["linear_probe_interval"] == [1.0, 1.0]
+    same = compare_probes(a, a)
+    assert same["recall@5_interval"] == [0.0, 0.0] and same["linear_probe"] == 0.0
+    with pytest.raises(ValueError, match="different studies"):
+        compare_probes(a, {**b, "study_ids": list("x" * 40)})
 
 
 @pytest.fixture(scope="module")
@@ -160,6 +187,8 @@ def test_probe_scores_a_run(data):
     result = json.loads((data / "demo/pretrain/prior/probe_test.json").read_text())
     assert result["studies"] == 2 and set(result) >= {"zero_shot", "linear_probe", "retrieval"}
     assert result["retrieval"]["reports"] == 2 and "R@5" in output
+    assert len(result["retrieval"]["ranks"]) == 2 and set(result["retrieval"]["intervals"]) == {"recall@1", "recall@5",
+                                                                                               "recall@10"}
     assert result["zero_shot"]["prompts"]["Cardiomegaly"] == ["there is cardiomegaly", "no cardiomegaly"]
     assert "up to date" in invoke("probe", "--dataset", "demo", "--artifacts", data)
 

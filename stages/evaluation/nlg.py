@@ -7,12 +7,15 @@ seconds: a `NlgScorer` starts it once and scores any number of prediction sets w
 
 from __future__ import annotations
 
+import math
 import shutil
 import subprocess
 from collections.abc import Sequence
 from types import TracebackType
 
+import numpy as np
 from pycocoevalcap.bleu.bleu import Bleu
+from pycocoevalcap.bleu.bleu_scorer import cook_refs, cook_test
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
@@ -36,6 +39,29 @@ def bleu(gts: Captions, res: Captions) -> dict[str, float]:
     """Corpus BLEU-1..4 (pycocoevalcap's 'closest' reference length, as R2Gen)."""
     scores, _ = Bleu(4).compute_score(gts, res, verbose=0)
     return {f"BLEU_{n + 1}": float(score) for n, score in enumerate(scores)}
+
+
+def bleu_statistics(references: Sequence[str], generated: Sequence[str], n: int = 4) -> np.ndarray:
+    """(studies, 2 + 2n) pycocoevalcap's per-study BLEU counts: generated length, reference length,
+    n-gram guesses (1..n) and clipped matches (1..n). Corpus BLEU is a function of their sums, so a
+    bootstrap resample of studies needs no rescoring."""
+    rows = []
+    for reference, text in zip(references, generated, strict=True):
+        counts = cook_test(text, cook_refs([reference], n=n), eff="closest", n=n)
+        rows.append([counts["testlen"], counts["reflen"], *counts["guess"], *counts["correct"]])
+    return np.asarray(rows, dtype=np.float64).reshape(len(rows), 2 + 2 * n)
+
+
+def corpus_bleu(statistics: np.ndarray, n: int = 4) -> float:
+    """BLEU-n of summed `bleu_statistics` rows, as pycocoevalcap's BleuScorer combines them."""
+    total = statistics.sum(axis=0)
+    orders = (len(total) - 2) // 2
+    if not 1 <= n <= orders:
+        raise ValueError(f"the statistics count n-grams up to {orders}, not {n}")
+    testlen, reflen, guess, correct = total[0], total[1], total[2:2 + n], total[2 + orders:2 + orders + n]
+    precision = float(np.prod((correct + 1e-15) / (guess + 1e-9))) ** (1 / n)
+    ratio = (testlen + 1e-15) / (reflen + 1e-9)
+    return precision * (math.exp(1 - 1 / ratio) if ratio < 1 else 1.0)
 
 
 def rouge_l(gts: Captions, res: Captions) -> float:

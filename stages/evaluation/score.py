@@ -17,6 +17,7 @@ import pandas as pd
 
 from stages.core.artifacts import atomic_output
 from stages.core.errors import StageError
+from stages.evaluation.bootstrap import DRAWS, LEVEL, StudyScores, format_interval
 from stages.evaluation.clinical import binary_labels, ce_scores
 from stages.evaluation.nlg import NLG_METRICS, NlgScorer
 from stages.evaluation.references import References, clean_prediction
@@ -83,11 +84,13 @@ def evaluate(predictions: Mapping[str, str], references: References, labeler: La
     reference_labels = binary_labels(labeler, references.texts)
     generated_labels = binary_labels(labeler, generated)
     ce = ce_scores(reference_labels, generated_labels)
+    scores = StudyScores.of(references.ids, references.texts, generated, reference_labels, generated_labels)
     metrics = {
         "split": references.split, "n_studies": len(references.ids), "labeler": labeler_name,
         **dict(protocol or {}),
         "references": {**references.source, "clean_style": references.clean_style},
         "nlg": nlg, "ce": ce,
+        "intervals": {"level": LEVEL, "draws": DRAWS, "over": "studies", **scores.intervals()},
         "timing_s": {"nlg": round(nlg_s, 3), "ce": round(time.perf_counter() - started, 3)},
     }
     return Evaluation(metrics, list(references.ids), generated, list(references.texts), generated_labels,
@@ -107,11 +110,33 @@ def write_scored(path: Path, evaluation: Evaluation) -> None:
         table.to_csv(tmp, index=False)
 
 
+def read_scored(path: Path) -> StudyScores:
+    """The per-study counts of a scored CSV (write_scored's), for paired comparisons between runs."""
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+        missing = {"id", "generated", "reference", "generated_labels", "reference_labels"} - set(table.columns)
+    except (OSError, ValueError) as error:
+        raise StageError(f"cannot read {path} ({error}); rescore the run with rrg-stage evaluate --force") from None
+    if missing:
+        raise StageError(f"{path} lacks the columns {sorted(missing)}; rescore the run with rrg-stage evaluate --force")
+
+    def labels(column: str) -> np.ndarray:
+        return np.asarray([[name in cell.split("; ") for name in OBSERVATIONS] for cell in table[column]])
+
+    return StudyScores.of(table["id"].tolist(), table["reference"].tolist(), table["generated"].tolist(),
+                          labels("reference_labels"), labels("generated_labels"))
+
+
 def summary(metrics: Mapping[str, Any]) -> str:
     """A few readable lines: NLG, then CE with the labeler that produced it."""
     nlg = "  ".join(f"{name.replace('_', '-')} {metrics['nlg'][name]:.3f}" for name in NLG_METRICS)
     ce = metrics["ce"]
     ce_line = "  ".join(f"{name} P/R/F1 {ce[name]['precision']:.3f}/{ce[name]['recall']:.3f}/{ce[name]['f1']:.3f}"
                         for name in ("micro", "macro", "example"))
-    return (f"{metrics['split']}: {metrics['n_studies']} studies\n  NLG  {nlg}\n"
+    text = (f"{metrics['split']}: {metrics['n_studies']} studies\n  NLG  {nlg}\n"
             f"  CE ({metrics['labeler']})  {ce_line}")
+    spans = metrics.get("intervals", {})
+    if spans.get("BLEU_4") and spans.get("CE_micro_F1"):
+        text += (f"\n  {spans['level']:.0%} bootstrap intervals over the studies: BLEU-4 {format_interval(spans['BLEU_4'])}"
+                 f", CE micro-F1 {format_interval(spans['CE_micro_F1'])}")
+    return text

@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from stages.core.artifacts import atomic_output
+from stages.evaluation.bootstrap import format_interval
 from stages.evaluation.nlg import NLG_METRICS
 
 # (column, path into metrics.json)
@@ -16,6 +17,7 @@ _CE_COLUMNS = [("CE micro P", ("ce", "micro", "precision")), ("CE micro R", ("ce
                ("CE micro F1", ("ce", "micro", "f1")), ("CE macro F1", ("ce", "macro", "f1")),
                ("CE example F1", ("ce", "example", "f1"))]
 _INFO_COLUMNS = ("labeler", "decoding", "oracle", "seed")
+_INTERVALS = (("BLEU_4", "BLEU-4"), ("CE_micro_F1", "CE micro F1"))
 
 
 def _get(metrics: Mapping[str, Any], path: tuple[str, ...]) -> Any:
@@ -24,14 +26,25 @@ def _get(metrics: Mapping[str, Any], path: tuple[str, ...]) -> Any:
     return metrics
 
 
-def comparison_table(metrics_by_run: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
-    """One row per run (in the given order): size, NLG, CE and the protocol fields that qualify them."""
+def comparison_table(metrics_by_run: Mapping[str, Mapping[str, Any]],
+                     differences: Mapping[str, Mapping[str, Any]] | None = None,
+                     baseline: str | None = None) -> pd.DataFrame:
+    """One row per run (in the given order): size, NLG, CE, the 95% intervals of BLEU-4 and CE
+    micro-F1, with `differences` ({run: paired_differences(run, baseline)}) the paired gaps to
+    `baseline`, and the protocol fields that qualify them."""
     rows = []
     for run, metrics in metrics_by_run.items():
         row: dict[str, Any] = {"run": run, "model": metrics.get("model"), "split": metrics["split"],
                                "studies": metrics["n_studies"]}
         row.update({name.replace("_", "-"): metrics["nlg"][name] for name in NLG_METRICS})
         row.update({column: _get(metrics, path) for column, path in _CE_COLUMNS})
+        spans = metrics.get("intervals", {})
+        row.update({f"{label} 95%": format_interval(spans.get(name)) for name, label in _INTERVALS})
+        if differences is not None:
+            gaps = differences.get(run)
+            for name, label in _INTERVALS:
+                row[f"{label} vs {baseline}"] = (
+                    "-" if gaps is None else f"{gaps[name]['difference']:+.3f} {format_interval(gaps[name]['interval'], True)}")
         row.update({key: metrics.get(key) for key in _INFO_COLUMNS})
         rows.append(row)
     return pd.DataFrame(rows)

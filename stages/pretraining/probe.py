@@ -9,7 +9,9 @@
 - image-to-report retrieval: each study ranks the split's reports by cosine; Recall@K counts a
   hit when a report of identical text ranks within K (identical reports are one report).
 Labels are labels.h5's binary labels. Macro-AUROC averages the classes with at least
-`min_positives` positives and some negatives in the split.
+`min_positives` positives and some negatives in the split. Each score carries a 95% bootstrap
+interval over the split's studies, and the per-study values (retrieval ranks, probe scores) are
+kept so that two runs can be compared on the same resamples (bench/prior.py).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
+from stages.evaluation.bootstrap import interval
 from stages.labeling.observations import OBSERVATIONS
 from stages.pretraining.data import PairSource
 from stages.pretraining.model import PriorModel
@@ -82,12 +85,44 @@ def retrieval(image: np.ndarray, text: np.ndarray, reports: Sequence[str], ks: S
     ranks = (sims > own[:, None]).sum(1)  # reports scoring strictly higher
     out: dict[str, Any] = {f"recall@{k}": float((ranks < k).mean()) for k in ks}
     out.update(reports=int(len(distinct)), studies=int(len(image)), median_rank=float(np.median(ranks) + 1),
-               **{f"chance@{k}": min(k / len(distinct), 1.0) for k in ks})
+               **{f"chance@{k}": min(k / len(distinct), 1.0) for k in ks},
+               intervals={f"recall@{k}": interval(lambda i, k=k: float((ranks[i] < k).mean()), len(ranks))
+                          for k in ks},
+               ranks=ranks.tolist())
     return out
+
+
+def compare_probes(a: dict[str, Any], b: dict[str, Any], k: int = 5) -> dict[str, Any]:
+    """Probe results a - b on the same studies: Recall@k and linear-probe macro-AUROC (over the
+    classes both averaged), each with a 95% bootstrap interval that resamples the same studies for both."""
+    if a["study_ids"] != b["study_ids"]:
+        raise ValueError("the two probe results score different studies; probe both runs on the same split")
+    hits_a, hits_b = (np.asarray(r["retrieval"]["ranks"]) < k for r in (a, b))
+    labels = np.asarray(a["labels"])
+    names = [n for n in a["linear_probe"]["macro_over"] if n in b["linear_probe"]["macro_over"]]
+    columns = [OBSERVATIONS.index(n) for n in names]
+    score_a, score_b = (np.stack([np.asarray(r["linear_probe"]["scores"][n]) for n in names], axis=1)
+                        for r in (a, b))
+
+    def probe_gap(i: np.ndarray) -> float | None:
+        first, second = macro_auroc(labels[i][:, columns], score_a[i]), macro_auroc(labels[i][:, columns], score_b[i])
+        return None if first is None or second is None else first - second
+
+    everything = np.arange(len(labels))
+    return {f"recall@{k}": float(hits_a.mean() - hits_b.mean()),
+            f"recall@{k}_interval": interval(lambda i: float(hits_a[i].mean() - hits_b[i].mean()), len(labels)),
+            "linear_probe": probe_gap(everything), "linear_probe_interval": interval(probe_gap, len(labels)),
+            "classes": names}
 
 
 def _auroc(y: np.ndarray, score: np.ndarray) -> float | None:
     return float(roc_auc_score(y, score)) if 0 < y.sum() < len(y) else None
+
+
+def macro_auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    """Mean AUROC over the columns of (n, C) labels and scores; None when a column lacks positives or negatives."""
+    values = [_auroc(labels[:, k], scores[:, k]) for k in range(labels.shape[1])]
+    return None if any(v is None for v in values) else float(np.mean(values))
 
 
 def _macro(per_class: dict[str, float | None], counts: dict[str, int], total: int, min_positives: int
@@ -128,11 +163,15 @@ def linear_probe(features: dict[str, np.ndarray], labels: dict[str, np.ndarray],
     assert best is not None
     val_score, c, fitted = best
     y = labels[split]
-    per_class = {name: (_auroc(y[:, k], fitted[k].decision_function(x[split])) if k in fitted else None)
-                 for k, name in enumerate(OBSERVATIONS)}
+    scores = {k: fitted[k].decision_function(x[split]) for k in fitted}
+    per_class = {name: (_auroc(y[:, k], scores[k]) if k in scores else None) for k, name in enumerate(OBSERVATIONS)}
     counts = {name: int(y[:, k].sum()) for k, name in enumerate(OBSERVATIONS)}
     macro, used = _macro(per_class, counts, len(y), min_positives)
-    return {"macro_auroc": macro, "macro_over": used, "per_class": per_class, "positives": counts, "C": c,
+    columns = [OBSERVATIONS.index(name) for name in used]
+    used_scores = np.stack([scores[k] for k in columns], axis=1) if columns else np.zeros((len(y), 0))
+    spread = interval(lambda i: macro_auroc(y[i][:, columns], used_scores[i]), len(y)) if columns else None
+    return {"macro_auroc": macro, "macro_interval": spread, "macro_over": used, "per_class": per_class,
+            "positives": counts, "scores": {OBSERVATIONS[k]: v.tolist() for k, v in scores.items()}, "C": c,
             "val_macro_auroc": val_score if np.isfinite(val_score) else None, "c_grid": list(c_grid),
             "features": int(features["train"].shape[1])}
 
@@ -147,6 +186,8 @@ def probe(model: PriorModel, source: PairSource, binary: np.ndarray, split: str,
     with torch.no_grad():
         return {
             "split": split, "studies": int(len(rows[split])), "min_positives": min_positives,
+            "study_ids": [source.data.ids[r] for r in rows[split]],
+            "labels": labels[split].astype(int).tolist(),
             "zero_shot": zero_shot(model, embedded[split]["image"], labels[split], min_positives),
             "linear_probe": linear_probe({n: e["pooled"] for n, e in embedded.items()}, labels, split, min_positives),
             "retrieval": retrieval(embedded[split]["image"], embedded[split]["text"], reports),
