@@ -23,6 +23,7 @@ import pandas as pd
 from common import RESULTS, evaluated_run, machine
 from stages.core.artifacts import check_input
 from stages.core.errors import StageError
+from stages.evaluation.bootstrap import format_interval
 from stages.evaluation.table import comparison_table, to_markdown
 from stages.synthesis.evaluation import VISIBLE
 
@@ -56,7 +57,9 @@ def auroc_table(results: dict[str, dict]) -> pd.DataFrame:
     columns = {f"generated ({name})": r["clinical_auroc"]["generated"] for name, r in results.items()}
     columns.update({k: first["clinical_auroc"][k] for k in real})
     rows = [{"observation": obs, "visible sign": obs in VISIBLE, "prompt positives": str(first["positives"][obs]),
-             **{col: values["per_class"][obs] for col, values in columns.items()}} for obs in names]
+             **{col: values["per_class"][obs] for col, values in columns.items()},
+             **{f"{col} 95%": format_interval(values.get("intervals", {}).get(obs))
+                for col, values in columns.items() if col.startswith("generated")}} for obs in names]
     rows.append({"observation": "macro (classes with positives)", "visible sign": None, "prompt positives": None,
                  **{col: values["macro"] for col, values in columns.items()}})
     rows.append({"observation": "macro over the 4 visible findings", "visible sign": None, "prompt positives": None,

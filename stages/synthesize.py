@@ -20,6 +20,7 @@ from stages.core.config import resolve
 from stages.core.errors import StageError
 from stages.core.stage import StageContext, dataclass_options, stage_options
 from stages.data.records import SPLITS
+from stages.evaluation.bootstrap import DRAWS
 from stages.models.image_encoders import build_image_encoder
 from stages.synthesis.evaluation import evaluate_vision
 from stages.synthesis.pairs import SyntheticStudy, build_dataset, write_r2gen
@@ -279,7 +280,8 @@ def evaluate(ctx: StageContext, run_name: str, split: str | None, guidance: floa
     """
     options = _sampling_options(ctx, "evaluate", {"split": split, "guidance": guidance, "ddim_steps": ddim_steps,
                                                    "batch_size": batch_size})
-    options.update(split=options.get("split") or "test", components=components, grid_rows=grid_rows, run=run_name)
+    options.update(split=options.get("split") or "test", components=components, grid_rows=grid_rows, run=run_name,
+                   bootstrap_draws=DRAWS)
     inputs = {**_inputs(ctx), "diagnosis": ctx.input("diagnosis.pt")}
     inputs["vision"], model, vision_info = _vision(ctx, run_name, device)
     run_dir = inputs["vision"].parent

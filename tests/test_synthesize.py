@@ -347,6 +347,11 @@ def test_evaluate_writes_the_measurements_and_a_grid(synth):
     assert all(v["full"] >= 0 and v["pca3"] >= 0 for v in results["frechet"].values())
     assert results["frechet"]["noise baseline"]["full"] > results["frechet"]["real (floor)"]["full"]
     assert set(results["clinical_auroc"]) == {"generated", "real at 16 px", "real at 64 px"}
+    spans = results["clinical_auroc"]["generated"]["intervals"]
+    assert set(spans) == {"Cardiomegaly", "Pleural Effusion", "Pneumothorax", "Support Devices"}
+    for name, bounds in spans.items():
+        value = results["clinical_auroc"]["generated"]["per_class"][name]
+        assert (bounds is None) if value is None else (bounds is None or bounds[0] <= bounds[1])
     with np.load(run / "samples_test.npz") as samples:
         assert samples["images"].shape == (results["images"], 64, 64)
     assert (run / "grid_test.png").stat().st_size > 1000

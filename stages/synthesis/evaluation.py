@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from stages.adm.classifier import Diagnosis, class_aurocs, macro, pool_studies
+from stages.evaluation.bootstrap import interval
 from stages.features.extract import encode_images
 from stages.labeling.observations import NO_FINDING, OBSERVATIONS
 from stages.models.image_encoders import ImageEncoder
@@ -32,11 +33,19 @@ def round_trip(images: np.ndarray, resolution: int) -> np.ndarray:
 
 
 def study_aurocs(diagnosis: Diagnosis, images: np.ndarray, plan: PromptPlan, targets: np.ndarray) -> dict[str, Any]:
-    """Per-class AUROC of the classifier's study probabilities (maximum over views) against `targets`."""
+    """Per-class AUROC of the classifier's study probabilities (maximum over views) against `targets`,
+    with 95% bootstrap intervals over the prompt studies for the visible findings (a handful of
+    positives each, so the intervals are wide)."""
     probs = pool_studies(diagnosis.probabilities(images), plan.image_study)[1]
     aurocs = class_aurocs(targets, probs)
+
+    def resampled(k: int) -> list[float] | None:
+        return interval(lambda i: class_aurocs(targets[i][:, [k]], probs[i][:, [k]])[0], len(targets))
+
+    spans = {c: resampled(OBSERVATIONS.index(c)) if aurocs[OBSERVATIONS.index(c)] is not None else None
+             for c in VISIBLE}
     return {"per_class": dict(zip(OBSERVATIONS, aurocs)), "macro": macro(aurocs),
-            "visible_macro": macro([aurocs[OBSERVATIONS.index(c)] for c in VISIBLE])}
+            "visible_macro": macro([aurocs[OBSERVATIONS.index(c)] for c in VISIBLE]), "intervals": spans}
 
 
 def grid_rows(plan: PromptPlan, labels: np.ndarray, rows: int) -> list[int]:
