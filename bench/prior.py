@@ -30,6 +30,7 @@ import pandas as pd
 from common import machine, write_table
 from stages.core.artifacts import check_input
 from stages.core.errors import StageError
+from stages.evaluation.bootstrap import format_interval
 from stages.pretraining.probe import compare_probes
 
 DEFAULT_RUNS = ("random", "imagenet", "prior")
@@ -51,8 +52,7 @@ def load(run_dir: Path, split: str, dataset: str) -> tuple[dict, dict]:
 def span(value: float | None, bounds: list[float] | None, signed: bool = False) -> str:
     if value is None:
         return "-"
-    f = "+.3f" if signed else ".3f"
-    return f"{value:{f}}" + ("" if bounds is None else f" [{bounds[0]:{f}}, {bounds[1]:{f}}]")
+    return f"{value:{'+.3f' if signed else '.3f'}}" + ("" if bounds is None else f" {format_interval(bounds, signed)}")
 
 
 def row(name: str, probe: dict, run: dict, baseline: tuple[str, dict] | None) -> dict:

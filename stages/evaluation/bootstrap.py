@@ -19,6 +19,7 @@ from stages.evaluation.nlg import bleu_statistics, corpus_bleu
 
 DRAWS = 1000
 LEVEL = 0.95
+METRICS = ("BLEU_4", "CE_micro_F1")  # what StudyScores resamples
 
 
 def resamples(n: int, draws: int = DRAWS, seed: int = 0) -> np.ndarray:
@@ -71,9 +72,6 @@ class StudyScores:
 
     def intervals(self) -> dict[str, list[float] | None]:
         return {name: interval(lambda i, name=name: self.metrics(i)[name], len(self.ids)) for name in METRICS}
-
-
-METRICS = ("BLEU_4", "CE_micro_F1")
 
 
 def paired_differences(a: StudyScores, b: StudyScores) -> dict[str, dict[str, Any]]:
