@@ -39,6 +39,8 @@ TRAIN_HELP = {
     "ema_decay": "Decay of the exponential moving average of the weights that is kept and sampled with.",
     "checkpoint_every": "Save last.pt and compute the validation loss every this many steps.",
     "log_every": "Write a training line to log.jsonl every this many steps.",
+    "keep": "Which EMA weights vision.pt keeps: best (those of the checkpoint with the lowest validation "
+            "denoising loss; the last when there are no validation images) or last.",
     "balance": "Draw training images with probability (images / images sharing the image's rarest finding) ** this, "
                "so rare signs are seen more often (0: each image once per epoch).",
 }
@@ -144,17 +146,19 @@ def train_vision(ctx: StageContext, name: str, device: str, **hyper: Any) -> Non
         raise StageError(str(error)) from None
     finally:
         bank.close()
-    validation = state["validation"][-1]["val_loss"] if state["validation"] else None
+    weights, kept = trainer.kept()
+    validation = kept["val_loss"] if kept else None
     info = {"dataset": ctx.dataset, "name": name, "prompt": config.prompt, "steps": training.steps,
+            "kept_step": kept["step"] if kept else training.steps,
             "view_names": bank.view_names, "image_encoder": features.get("image_encoder"),
             "image_weights": features.get("weights"), "input_size": features.get("input_size"),
             "text_encoder": features.get("text_encoder"), "val_loss": validation,
             "seconds_per_step": statistics.median(state.get("seconds_per_step") or [float("nan")])}
     with atomic_output(vision_pt) as tmp:
-        save_vision(tmp, model, trainer.ema, info)
+        save_vision(tmp, model, weights, info)
     write_json_atomic(run_dir / "run.json", {**info, "options": run_options})
     ctx.finish(vision_pt, options=run_options, inputs=inputs,
-               counts={"steps": training.steps, "val_loss": round(validation, 5) if validation else None,
+               counts={"steps": training.steps, "kept_step": info["kept_step"], "val_loss": round(validation, 5) if validation else None,
                        "seconds_per_step": round(info["seconds_per_step"], 3)})
     click.echo(f"[{ctx.stage}] curves: {run_dir / 'curves.png'}; next: rrg-stage synthesize generate / evaluate "
                f"--dataset {ctx.dataset} --run {name}")

@@ -220,6 +220,31 @@ def test_balanced_training_draws_rare_findings_more_often(chain, tmp_path):
         bank.close()
 
 
+@pytest.mark.parametrize("keep", ["best", "last"])
+def test_trainer_keeps_the_ema_of_the_lowest_validation_loss(chain, tmp_path, monkeypatch, keep):
+    bank = PromptBank(chain / "demo" / "dataset.h5", chain / "demo" / "labels.h5", chain / "demo" / "features.h5")
+    try:
+        torch.manual_seed(0)
+        model = VisionModel(VisionConfig(resolution=16, width=8, mults="1,2", attention="", heads=2))
+        trainer = VisionTrainer(model, bank, VisionOptions(steps=4, batch_size=4, checkpoint_every=1, keep=keep),
+                                tmp_path, {})
+        losses, seen = iter([0.5, 0.2, 0.3, math.nan]), []
+
+        def validation_loss(weights):
+            seen.append({k: v.clone() for k, v in weights.items()})
+            return next(losses)
+
+        monkeypatch.setattr(trainer, "validation_loss", validation_loss)
+        trainer.fit()
+        weights, record = trainer.kept()
+        expected, step = (seen[1], 2) if keep == "best" else (seen[3], 4)
+        assert all(torch.equal(weights[k], expected[k]) for k in expected) and record["step"] == step
+        assert not torch.equal(seen[1]["text_proj.0.weight"], seen[3]["text_proj.0.weight"])
+        assert torch.load(tmp_path / "last.pt", weights_only=True)["state"]["best"]["step"] == 2
+    finally:
+        bank.close()
+
+
 def _kill_at_step(step: int, *args) -> subprocess.CompletedProcess:
     """`rrg-stage ARGS` in a subprocess that SIGKILLs itself when the vision trainer reaches `step`,
     on as many threads as this process (the uninterrupted run it is compared with ran here)."""

@@ -5,11 +5,13 @@ a timestep, noise, and which samples lose their prompt (classifier-free guidance
 dropout: the prompt is replaced by learned null embeddings, the view is kept). All of it comes
 from generators seeded by (seed, step), so a run resumed from last.pt takes exactly the steps an
 uninterrupted run would. The weights kept are an exponential moving average (EMA) of the trained
-ones, which is what diffusion models sample with.
+ones, which is what diffusion models sample with: by default those of the checkpoint with the lowest
+validation denoising loss, so that a step budget past the point where a small dataset is overfitted
+costs time, not quality.
 
-A run directory holds last.pt (weights, EMA, optimizer, step), log.jsonl (training windows and
-validation denoising losses), curves.png and, at the end, vision.pt (the EMA weights, the
-configuration and what the prompts were made of).
+A run directory holds last.pt (weights, EMA, the best EMA so far, optimizer, step), log.jsonl
+(training windows and validation denoising losses), curves.png and, at the end, vision.pt (the kept
+EMA weights, the configuration and what the prompts were made of).
 """
 
 from __future__ import annotations
@@ -193,7 +195,11 @@ class VisionOptions:
     checkpoint_every: int = 200
     log_every: int = 50
     balance: float = 0.0
+    keep: str = "best"
     seed: int = 0
+
+
+KEEP = ("best", "last")
 
 
 def balanced_weights(labels: np.ndarray, power: float) -> np.ndarray:
@@ -216,6 +222,8 @@ class VisionTrainer:
             raise ValueError("--steps, --batch-size, --checkpoint-every and --log-every must be at least 1")
         if options.balance < 0:
             raise ValueError("--balance must not be negative")
+        if options.keep not in KEEP:
+            raise ValueError(f"--keep must be one of {', '.join(KEEP)}, not {options.keep!r}")
         self.model, self.bank, self.options, self.run_dir, self.header, self.log = (
             model, bank, options, run_dir, header, log)
         self.train_rows, self.val_rows = bank.image_rows("train"), bank.image_rows("val")
@@ -226,6 +234,7 @@ class VisionTrainer:
         self.weights = (balanced_weights(bank.labels[bank.image_study[self.train_rows]], options.balance)
                         if options.balance > 0 else None)
         self.ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.best_ema: dict[str, torch.Tensor] | None = None
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
         warmup = max(1, options.warmup_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warmup))
@@ -281,7 +290,7 @@ class VisionTrainer:
         return total / count
 
     def _checkpoint(self) -> dict[str, Any]:
-        return {"header": self.header, "model": self.model.state_dict(), "ema": self.ema,
+        return {"header": self.header, "model": self.model.state_dict(), "ema": self.ema, "best_ema": self.best_ema,
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "state": self.state}
 
@@ -291,7 +300,7 @@ class VisionTrainer:
             (self.run_dir / "log.jsonl").unlink(missing_ok=True)  # left by a run that never reached a checkpoint
             return
         self.model.load_state_dict(saved["model"])
-        self.ema = saved["ema"]
+        self.ema, self.best_ema = saved["ema"], saved["best_ema"]
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         self.state = saved["state"]
@@ -344,6 +353,10 @@ class VisionTrainer:
             if self.state["step"] % options.checkpoint_every == 0 or self.state["step"] == options.steps:
                 record = {"event": "validation", "step": self.state["step"], "val_loss": self.validation_loss(self.ema)}
                 self.state["validation"].append(record)
+                best = self.state.get("best")
+                if not math.isnan(record["val_loss"]) and (best is None or record["val_loss"] < best["val_loss"]):
+                    self.state["best"] = record
+                    self.best_ema = {k: v.clone() for k, v in self.ema.items()}
                 self._log(record)
                 bar.write(f"train-vision step {record['step']}: validation denoising loss (EMA) {record['val_loss']:.4f}")
                 save_checkpoint(self.run_dir / "last.pt", self._checkpoint())
@@ -351,6 +364,13 @@ class VisionTrainer:
                 started = time.perf_counter()  # the validation is not training time
         bar.close()
         return self.state
+
+    def kept(self) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+        """The EMA weights vision.pt keeps and their validation record (None: the last, unvalidated)."""
+        if self.options.keep == "best" and self.best_ema is not None:
+            return self.best_ema, self.state["best"]
+        validation = self.state["validation"]
+        return self.ema, validation[-1] if validation and validation[-1]["step"] == self.state["step"] else None
 
 
 def plot_curves(log_jsonl: Path, path: Path) -> None:
@@ -366,6 +386,9 @@ def plot_curves(log_jsonl: Path, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.6))
     ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="training loss (window mean)")
     ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], marker="o", label="validation loss (EMA weights)")
+    if val and not all(math.isnan(r["val_loss"]) for r in val):
+        best = min((r for r in val if not math.isnan(r["val_loss"])), key=lambda r: r["val_loss"])
+        ax.axvline(best["step"], color="grey", linestyle=":", label=f"lowest validation loss (step {best['step']})")
     ax.set(xlabel="step", ylabel="denoising MSE", yscale="log", title="vision module")
     ax.legend(fontsize=8)
     fig.tight_layout()
