@@ -72,8 +72,9 @@ def _config(options: dict[str, Any]) -> tuple[PriorConfig, PretrainOptions]:
 
     config = PriorConfig(**fill(PriorConfig, set()))
     training = PretrainOptions(**fill(PretrainOptions, {"seed"}), seed=options["seed"])
-    try:
+    try:  # before anything is written: a typo must not replace a finished run
         config.validate()
+        training.validate()
     except ValueError as error:
         raise click.UsageError(str(error)) from None
     return config, training

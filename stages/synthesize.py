@@ -125,6 +125,7 @@ def train_vision(ctx: StageContext, name: str, device: str, **hyper: Any) -> Non
                                     if f.name != "seed" and options.get(f.name) is not None}, seed=ctx.seed)
         try:
             config.validate()
+            training.validate()  # before a finished run of other options is cleared for this one
         except ValueError as error:
             raise click.UsageError(str(error)) from None
         features = read_manifest(inputs["features"])["options"]

@@ -213,6 +213,9 @@ def test_killed_mid_epoch_resumes_to_the_same_weights(data, tmp_path):
     seed = _copy(data, tmp_path / "seed")
     _pretrain(seed, "--checkpoint-every", 2, "--seed", 1)
     assert not _same(whole / "demo/pretrain/prior/pretrain.pt", seed / "demo/pretrain/prior/pretrain.pt")
+    # an invalid option is refused before anything is touched: a typo never replaces a finished run
+    assert "--select" in _pretrain(seed, "--checkpoint-every", 2, "--seed", 1, "--select", "recall", code=2)
+    assert (seed / "demo/pretrain/prior/encoder.pt").exists()
     # other options for a finished run: it is pretrained again and replaced
     before = shutil.copy(seed / "demo/pretrain/prior/pretrain.pt", tmp_path / "before.pt")
     output = _pretrain(seed, "--checkpoint-every", 2, "--seed", 1, "--lr", 0.01)

@@ -389,6 +389,12 @@ def test_synthesize_refuses_bad_input(synth, tmp_path):
     out = invoke("synthesize", "train-vision", "--dataset", "demo", "--artifacts", synth, *VISION, "--steps", 4,
                  "--resolution", 9, code=2)
     assert "divisible" in out
+    run = synth / "demo" / "synthesize" / "vision"
+    before = (run / "vision.pt").read_bytes()
+    out = invoke("synthesize", "train-vision", "--dataset", "demo", "--artifacts", synth, *VISION, "--steps", 4,
+                 "--checkpoint-every", 2, "--keep", "lowest", code=2)
+    assert "--keep must be one of best, last" in out  # refused before the finished run is cleared
+    assert (run / "vision.pt").read_bytes() == before and (run / "last.pt").exists()
     broken = copy_chain(synth, tmp_path / "broken")
     (broken / "demo" / "synthesize" / "vision" / "vision.pt").write_bytes(b"not a checkpoint")
     out = invoke("synthesize", "evaluate", "--dataset", "demo", "--artifacts", broken, *SAMPLING, code=1)

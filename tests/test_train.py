@@ -57,6 +57,10 @@ def test_train_writes_a_selected_self_contained_run(chain):
     with pytest.raises(ValueError, match="another version of rrg-stage .* train it again"):
         load_model(chain / "older.pt")
     assert "up to date" in train(chain, "--model", "base", "--name", "base", "--epochs", 2)
+    # an invalid option is refused before anything is touched: a typo never replaces a finished run
+    for bad in (("--monitor", "bleu"), ("--epochs", 0)):
+        assert "must be" in train(chain, "--model", "base", "--name", "base", "--epochs", 2, *bad, code=2)
+        assert (run / "model.pt").exists() and (run / "best.pt").exists()
     # other options for a finished run: it is trained again from scratch and replaced
     (run / "predictions_test.csv").write_text("id,report\n")  # stands for evaluate's results of the old model
     output = train(chain, "--model", "base", "--name", "base", "--epochs", 3)

@@ -58,6 +58,12 @@ class PretrainOptions:
     checkpoint_every: int = 200
     seed: int = 0
 
+    def validate(self) -> None:
+        if self.select not in SELECTIONS:
+            raise ValueError(f"--select must be one of {', '.join(SELECTIONS)}, not {self.select!r}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("--epochs and --batch-size must be at least 1")
+
 
 def stage_epoch(fraction: float, epochs: int) -> int:
     """The first epoch (0-based) of a stage that starts after `fraction` of the epochs."""
@@ -67,10 +73,7 @@ def stage_epoch(fraction: float, epochs: int) -> int:
 class PretrainLoop:
     def __init__(self, model: PriorModel, source: PairSource, options: PretrainOptions, run_dir: Path,
                  header: dict[str, Any], log: Callable[[str], None] = tqdm.write):
-        if options.select not in SELECTIONS:
-            raise ValueError(f"--select must be one of {', '.join(SELECTIONS)}, not {options.select!r}")
-        if options.epochs < 1 or options.batch_size < 1:
-            raise ValueError("--epochs and --batch-size must be at least 1")
+        options.validate()
         self.model, self.source, self.options, self.run_dir, self.header, self.log = (
             model, source, options, run_dir, header, log)
         self.train_rows, self.val_rows = source.rows("train"), source.rows("val")

@@ -181,6 +181,10 @@ def load_vision(path: Path, device: str = "cpu") -> tuple[VisionModel, dict[str,
     return model.to(device).eval(), saved["info"]
 
 
+# which EMA weights vision.pt keeps: those of the lowest validation loss, or the final ones
+KEEP = ("best", "last")
+
+
 @dataclass
 class VisionOptions:
     """Optimisation options (recorded in the run)."""
@@ -198,8 +202,13 @@ class VisionOptions:
     keep: str = "best"
     seed: int = 0
 
-
-KEEP = ("best", "last")
+    def validate(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1 or self.log_every < 1:
+            raise ValueError("--steps, --batch-size, --checkpoint-every and --log-every must be at least 1")
+        if self.balance < 0:
+            raise ValueError("--balance must not be negative")
+        if self.keep not in KEEP:
+            raise ValueError(f"--keep must be one of {', '.join(KEEP)}, not {self.keep!r}")
 
 
 def balanced_weights(labels: np.ndarray, power: float) -> np.ndarray:
@@ -218,12 +227,7 @@ class VisionTrainer:
 
     def __init__(self, model: VisionModel, bank: PromptBank, options: VisionOptions, run_dir: Path,
                  header: dict[str, Any], log: Any = tqdm.write):
-        if options.steps < 1 or options.batch_size < 1 or options.checkpoint_every < 1 or options.log_every < 1:
-            raise ValueError("--steps, --batch-size, --checkpoint-every and --log-every must be at least 1")
-        if options.balance < 0:
-            raise ValueError("--balance must not be negative")
-        if options.keep not in KEEP:
-            raise ValueError(f"--keep must be one of {', '.join(KEEP)}, not {options.keep!r}")
+        options.validate()
         self.model, self.bank, self.options, self.run_dir, self.header, self.log = (
             model, bank, options, run_dir, header, log)
         self.train_rows, self.val_rows = bank.image_rows("train"), bank.image_rows("val")

@@ -84,6 +84,16 @@ class TrainOptions:
     checkpoint_every: int = 200
     seed: int = 0
 
+    def validate(self) -> None:
+        if self.monitor not in MONITORS:
+            raise ValueError(f"--monitor must be one of {sorted(MONITORS)}, not {self.monitor!r}")
+        if self.optimizer not in OPTIMIZERS or self.clip not in CLIPS:
+            raise ValueError(f"--optimizer must be one of {OPTIMIZERS} and --clip one of {CLIPS}, not "
+                             f"{self.optimizer!r} / {self.clip!r}")
+        if min(self.epochs, self.batch_size, self.step_size, self.val_beam_size, self.checkpoint_every) < 1:
+            raise ValueError("--epochs, --batch-size, --step-size, --val-beam-size and --checkpoint-every must be "
+                             "at least 1")
+
 
 def decode_split(model: ReportModel, source: StudySource, rows: np.ndarray, vocab: TextCodec, *,
                  beam_size: int, max_length: int, batch_size: int, length_penalty: float = 0.0,
@@ -110,11 +120,7 @@ class Trainer:
         self.model, self.source, self.vocab, self.options, self.teacher = model, source, vocab, options, teacher
         self.text = text or vocab
         self.run_dir, self.context, self.max_length, self.header, self.log = run_dir, context, max_length, header, log
-        if options.monitor not in MONITORS:
-            raise ValueError(f"--monitor must be one of {sorted(MONITORS)}, not {options.monitor!r}")
-        if options.optimizer not in OPTIMIZERS or options.clip not in CLIPS:
-            raise ValueError(f"--optimizer must be one of {OPTIMIZERS} and --clip one of {CLIPS}, not "
-                             f"{options.optimizer!r} / {options.clip!r}")
+        options.validate()
         self.train_rows, self.val_rows = source.rows("train"), source.rows("val")
         visual = [p for p in model.visual_parameters() if p.requires_grad]
         ids = {id(p) for p in visual}

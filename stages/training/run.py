@@ -183,6 +183,12 @@ def fit_run(ctx: StageContext, context: Dist, run_dir: Path, model: ReportModel,
 
 
 def train_options(options: dict[str, Any], seed: int) -> TrainOptions:
-    """TrainOptions from resolved options (unset fields keep their defaults)."""
-    return TrainOptions(**{f.name: options[f.name] if options.get(f.name) is not None else f.default
-                           for f in dataclasses.fields(TrainOptions) if f.name != "seed"}, seed=seed)
+    """TrainOptions from resolved options (unset fields keep their defaults), checked before anything
+    is written: a typo must not replace a finished run."""
+    training = TrainOptions(**{f.name: options[f.name] if options.get(f.name) is not None else f.default
+                               for f in dataclasses.fields(TrainOptions) if f.name != "seed"}, seed=seed)
+    try:
+        training.validate()
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
+    return training
