@@ -241,6 +241,10 @@ def test_trainer_keeps_the_ema_of_the_lowest_validation_loss(chain, tmp_path, mo
         assert all(torch.equal(weights[k], expected[k]) for k in expected) and record["step"] == step
         assert not torch.equal(seen[1]["text_proj.0.weight"], seen[3]["text_proj.0.weight"])
         assert torch.load(tmp_path / "last.pt", weights_only=True)["state"]["best"]["step"] == 2
+        resumed = VisionTrainer(model, bank, trainer.options, tmp_path, {})
+        resumed.resume()  # last.pt carries the best EMA, so a resumed run keeps the same weights
+        assert resumed.kept()[1]["step"] == step
+        assert all(torch.equal(resumed.kept()[0][k], expected[k]) for k in expected)
     finally:
         bank.close()
 
