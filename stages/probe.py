@@ -13,7 +13,7 @@ import torch
 from stages.core.artifacts import atomic_output, check_input
 from stages.core.errors import StageError
 from stages.core.stage import StageContext, stage_options
-from stages.evaluation.bootstrap import DRAWS
+from stages.evaluation.bootstrap import DRAWS, format_interval
 from stages.labeling.observations import OBSERVATIONS
 from stages.pretraining.data import PairSource
 from stages.pretraining.model import load_checkpoint
@@ -25,7 +25,7 @@ def _fmt(value: float | None) -> str:
 
 
 def _span(bounds: list[float] | None) -> str:
-    return "" if bounds is None else f" [{bounds[0]:.3f}, {bounds[1]:.3f}]"
+    return "" if bounds is None else f" {format_interval(bounds)}"
 
 
 def _run_context(ctx: StageContext, run_dir: Path) -> StageContext:

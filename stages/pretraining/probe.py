@@ -26,6 +26,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
+from stages.adm.classifier import class_aurocs
 from stages.evaluation.bootstrap import interval
 from stages.labeling.observations import OBSERVATIONS
 from stages.pretraining.data import PairSource
@@ -121,7 +122,7 @@ def _auroc(y: np.ndarray, score: np.ndarray) -> float | None:
 
 def macro_auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     """Mean AUROC over the columns of (n, C) labels and scores; None when a column lacks positives or negatives."""
-    values = [_auroc(labels[:, k], scores[:, k]) for k in range(labels.shape[1])]
+    values = class_aurocs(labels, scores)
     return None if any(v is None for v in values) else float(np.mean(values))
 
 
