@@ -16,7 +16,8 @@ from pathlib import Path
 
 from common import REPO, machine, write_results
 
-from stages.training.inference import Decoding, split_predictions
+from stages.generation.decoding import Decoding
+from stages.training.inference import split_predictions
 
 
 def main() -> None:

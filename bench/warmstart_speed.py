@@ -74,7 +74,8 @@ def main() -> None:
         print(json.dumps(measure(args.child, args.steps, args.batch_size)))
         return
 
-    from stages.training.inference import Decoding, split_predictions
+    from stages.generation.decoding import Decoding
+    from stages.training.inference import split_predictions
 
     runs = {name: args.artifacts / args.dataset / "runs" / name for name in RUNS}
     for name, run in runs.items():

@@ -7,8 +7,9 @@ from pathlib import Path
 import click
 import torch
 
-from stages.evaluation.runs import read_run, write_predictions
-from stages.training.inference import Decoding, image_predictions, read_study_list
+from stages.evaluation.runs import read_run, run_decoding, write_predictions
+from stages.generation.decoding import Decoding
+from stages.training.inference import image_predictions, read_study_list
 
 
 @click.command("generate")
@@ -17,13 +18,18 @@ from stages.training.inference import Decoding, image_predictions, read_study_li
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Write id,report CSV here instead of printing the reports.")
-@click.option("--beam-size", default=3, show_default=True, help="Beam size (1: greedy).")
+@click.option("--beam-size", type=int, help="Beam size (1: greedy) [default: the run's, from run.json; 3].")
 @click.option("--max-length", type=int, help="Longest report in tokens [default: the model's].")
 @click.option("--length-penalty", type=float,
               help="Beam search ranks by log-probability / length ** this [default: the run's, from run.json].")
+@click.option("--mbr-samples", type=int,
+              help="Above 0: minimum Bayes risk decoding over this many sampled reports instead of beam search "
+                   "[default: the run's, from run.json].")
+@click.option("--mbr-temperature", type=float, help="MBR: the samples' temperature [default: the run's, from run.json].")
+@click.option("--seed", type=int, help="MBR: the samples' random seed [default: the run's].")
 @click.option("--device", default="cuda" if torch.cuda.is_available() else "cpu", show_default=True)
-def command(run_dir: Path, inputs: tuple[Path, ...], output: Path | None, beam_size: int, max_length: int | None,
-            length_penalty: float | None, device: str) -> None:
+def command(run_dir: Path, inputs: tuple[Path, ...], output: Path | None, device: str, **given: int | float | None
+            ) -> None:
     """Write a report for each study in INPUTS.
 
     INPUTS are image files (each one study), folders (each one study: its images in name order,
@@ -32,9 +38,12 @@ def command(run_dir: Path, inputs: tuple[Path, ...], output: Path | None, beam_s
     classifier for their labels, never a report.
     """
     studies = read_study_list(inputs)
-    if length_penalty is None:
-        length_penalty = float((read_run(run_dir).get("decoding") or {}).get("length_penalty", 0.0))
-    decoding = Decoding(beam_size, max_length, length_penalty=length_penalty)
+    decoding = Decoding(**{**run_decoding(read_run(run_dir)),
+                           **{key: value for key, value in given.items() if value is not None}})
+    try:
+        decoding.validate()
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
     reports, findings = image_predictions(run_dir, studies, decoding, device)
     if output is not None:
         write_predictions(output, reports)

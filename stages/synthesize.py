@@ -21,6 +21,8 @@ from stages.core.errors import StageError
 from stages.core.stage import StageContext, dataclass_options, stage_options
 from stages.data.records import SPLITS
 from stages.evaluation.bootstrap import DRAWS
+from stages.evaluation.runs import read_run, run_decoding
+from stages.generation.decoding import Decoding
 from stages.models.image_encoders import build_image_encoder
 from stages.synthesis.evaluation import evaluate_vision
 from stages.synthesis.pairs import SyntheticStudy, build_dataset, write_r2gen
@@ -28,7 +30,7 @@ from stages.synthesis.prompts import PromptBank, plan_prompts, to_uint8
 from stages.synthesis.vision import (VisionConfig, VisionModel, VisionOptions, VisionTrainer, load_vision, sample,
                                      save_vision)
 from stages.text.vocab import Vocabulary
-from stages.training.inference import Decoding, image_predictions
+from stages.training.inference import image_predictions
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DERIVED = {"text_dim", "image_dim", "views"}
@@ -249,8 +251,9 @@ def generate(ctx: StageContext, run_name: str, n: int | None, split: str | None,
         shutil.rmtree(raw)
     annotation = write_r2gen(raw, studies)
     if options["reports"] == "language":
-        written, _ = image_predictions(inputs["language"].parent, [(s.id, [raw / "images" / p for p in s.entry()[
-            "image_path"]]) for s in studies], Decoding(), device)
+        language = inputs["language"].parent
+        written, _ = image_predictions(language, [(s.id, [raw / "images" / p for p in s.entry()["image_path"]])
+                                                  for s in studies], Decoding(**run_decoding(read_run(language))), device)
         for study in studies:
             study.report = written[study.id]
         annotation = write_r2gen(raw, studies)

@@ -57,6 +57,11 @@ HELP = {
     "length_penalty": "Beam search ranks hypotheses by log-probability / length ** this (0: the plain sum, R2Gen's, "
                       "which favours short reports); used for validation and recorded as the run's decoding, which "
                       "evaluate and generate then use.",
+    "mbr_samples": "Above 0: decode (validation, and then evaluate and generate) by minimum Bayes risk over this many "
+                   "reports sampled from the model, choosing the one with the highest mean sentence BLEU against "
+                   "the others, instead of beam search (0). Longer, more typical reports than beam search's; "
+                   "outside the evaluation protocol, and recorded as the run's decoding.",
+    "mbr_temperature": "MBR: temperature of the sampled reports (1: the model's own distribution).",
     "checkpoint_every": "Also save last.pt every this many steps inside an epoch (for resuming).",
 }
 GENERATOR_HELP = {

@@ -3,6 +3,7 @@ selection, top-k attention and contrastive loss, and greedy / beam decoding."""
 
 from __future__ import annotations
 
+import collections
 import math
 
 import numpy as np
@@ -11,7 +12,8 @@ import torch
 from torch import nn
 
 from stages.generation.config import GeneratorConfig
-from stages.generation.decoding import beam_search, block_repeated_trigrams, greedy
+from stages.generation.decoding import (beam_search, block_repeated_trigrams, consensus, greedy, mbr, sample,
+                                       sentence_bleu)
 from stages.generation.layers import sinusoid
 from stages.generation.models import ReportGenerator, build_generator
 from stages.generation.visual import VisualExtractor, cached_tokens
@@ -313,6 +315,47 @@ def test_length_penalty_ranks_by_log_probability_per_token():
     search = dict(beam_size=3, max_length=10, block_trigrams=False)  # 1 1 1 1 repeats a trigram
     assert beam_search(Hesitant(), visual, mask, None, **search) == [[]]
     assert beam_search(Hesitant(), visual, mask, None, **search, length_penalty=1.0) == [[1, 1, 1, 1]]
+
+
+def test_mbr_picks_the_typical_report_where_beam_search_picks_the_most_probable():
+    visual, mask = torch.zeros(1, 1, 1), torch.ones(1, 1, dtype=torch.bool)
+    assert beam_search(Hesitant(), visual, mask, None, beam_size=3, max_length=10, block_trigrams=False) == [[]]
+    # half the samples are empty, which shares nothing with any other sample; the other half agree
+    chosen = mbr(Hesitant(), visual, mask, None, num_samples=8, max_length=10,
+                 generator=torch.Generator().manual_seed(0))
+    assert chosen == [[1, 1, 1, 1]]
+
+
+def test_sampling_follows_the_model_and_its_seed():
+    visual, mask = torch.zeros(2, 1, 1), torch.ones(2, 1, dtype=torch.bool)
+
+    def draw(seed: int, temperature: float = 1.0) -> list[list[list[int]]]:
+        return sample(Hesitant(), visual, mask, None, 1000, 10, temperature=temperature,
+                      generator=torch.Generator().manual_seed(seed))
+
+    first = draw(0)
+    assert first == draw(0) and first != draw(1)
+    assert len(first) == 2 and all(len(study) == 1000 for study in first)
+    empty = sum(report == [] for report in first[0]) / 1000
+    assert 0.45 < empty < 0.55  # the model stops at once with probability 0.5
+    said = collections.Counter(tuple(report) for report in first[0] if report)
+    assert said.most_common(1)[0][0] == (1, 1, 1, 1)
+    # a temperature near 0 sharpens every step to its most probable token: stopping at once (0.5 > 0.4995)
+    assert all(report == [] for report in draw(0, temperature=1e-4)[0])
+
+
+def test_sentence_bleu_and_consensus():
+    assert sentence_bleu([1, 2, 3, 4, 5], [1, 2, 3, 4, 5]) == pytest.approx(1.0)
+    assert sentence_bleu([6, 7], [1, 2, 3]) == 0.0 and sentence_bleu([], [1]) == 0.0
+    # a correct half: every (smoothed) precision is 1, the brevity penalty exp(1 - 8 / 4)
+    assert sentence_bleu([1, 2, 3, 4], [1, 2, 3, 4, 5, 6, 7, 8]) == pytest.approx(math.exp(-1.0))
+    # no shared 4-gram still scores by the shorter matches: unigrams 3/4, bigrams (1+1)/(3+1), ...
+    expected = (3 / 4 * 2 / 4 * 1 / 3 * 1 / 2) ** 0.25
+    assert sentence_bleu([1, 2, 9, 3], [1, 2, 3, 4]) == pytest.approx(expected)
+    # the odd one out is never the consensus, however it is ordered
+    for candidates in ([[1, 2, 3, 4], [1, 2, 3, 4, 5], [9, 9]], [[9, 9], [1, 2, 3, 4, 5], [1, 2, 3, 4]]):
+        assert consensus(candidates) in ([1, 2, 3, 4], [1, 2, 3, 4, 5])
+    assert consensus([[3], [3], [7]]) == [3]
 
 
 def test_beam_search_over_a_batch_equals_each_study_alone(overfit):

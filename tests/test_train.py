@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from conftest import TINY, copy_chain, invoke, needs_demo, run_killed, same_weights, train  # tests/ is on sys.path under pytest
+import stages.generation.decoding
 import stages.training.model
 from stages.evaluation.nlg import NlgScorer
 from stages.training.distributed import Dist, epoch_order
@@ -174,3 +175,26 @@ def test_evaluate_run_decodes_every_test_study(chain, monkeypatch):
     assert metrics["oracle"] is False and metrics["decoding"]["beam_size"] == 2
     assert metrics["decoding"]["length_penalty"] == 0.5 and penalties and set(penalties) == {0.5}
     assert (run / "viewer_test.html").exists()
+
+
+@needs_demo
+def test_mbr_run_validates_evaluates_and_generates_with_its_seeded_samples(chain, monkeypatch):
+    monkeypatch.setattr(NlgScorer, "meteor", lambda self, gts, res: 0.5)
+    train(chain, "--model", "base", "--name", "base-mbr", "--epochs", 1, "--mbr-samples", 3, "--mbr-temperature", 0.8)
+    run = chain / "demo" / "runs" / "base-mbr"
+    decoding = json.loads((run / "run.json").read_text())["decoding"]
+    assert decoding["mbr_samples"] == 3 and decoding["mbr_temperature"] == 0.8 and decoding["block_trigrams"] is False
+    drawn = []  # validation, evaluate and generate all decode by MBR, never by beam search
+    sampler = stages.generation.decoding.sample
+    monkeypatch.setattr(stages.generation.decoding, "sample",
+                        lambda *args, **kwargs: drawn.append((args[4], kwargs["temperature"])) or sampler(*args, **kwargs))
+    monkeypatch.setattr(stages.training.model, "beam_search", None)
+    invoke("evaluate", "--run", run)
+    assert json.loads((run / "metrics_test.json").read_text())["decoding"]["mbr_samples"] == 3
+    assert drawn and set(drawn) == {(3, 0.8)}
+    first = (run / "predictions_test.csv").read_text()
+    (run / "predictions_test.csv").unlink()
+    invoke("evaluate", "--run", run, "--force")
+    assert (run / "predictions_test.csv").read_text() == first  # the run's seed fixes the samples
+    assert "--mbr-samples must be 0" in train(chain, "--model", "base", "--name", "bad", "--mbr-samples", 1, code=2)
+    assert not (chain / "demo" / "runs" / "bad").exists()

@@ -273,12 +273,13 @@ def test_model_pt_rebuilds_without_the_decoder_folder(bert, tmp_path):
     for name, value in report_model.state_dict().items():
         assert torch.equal(saved.model.state_dict()[name], value), name
     visual = batch["visual"].unflatten(1, (2, PATCHES))
+    from stages.generation.decoding import Decoding
     from stages.training.data import Batch
 
     study = Batch(np.arange(3), visual, batch["visual_mask"][:, ::PATCHES], batch["targets"], batch["target_mask"],
                   torch.zeros(3, 14))
-    assert saved.model.generate(study, beam_size=2, max_length=10) == report_model.generate(study, beam_size=2,
-                                                                                           max_length=10)
+    search = Decoding(beam_size=2, max_length=10)
+    assert saved.model.generate(study, search) == report_model.generate(study, search)
 
 
 # -- the stage -------------------------------------------------------------------------------------

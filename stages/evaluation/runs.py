@@ -21,8 +21,9 @@ from stages.core.config import canonical_dataset
 from stages.core.errors import StageError
 
 RUN_FILE = "run.json"
-# what a run's recorded decoding passes on to the decoder (block_trigrams follows from the beam size)
-DECODING_FIELDS = ("beam_size", "max_length", "length_penalty")
+# what a run's recorded decoding passes on to the decoder (block_trigrams follows from the beam size; MBR's
+# samples are drawn under the run's seed)
+DECODING_FIELDS = ("beam_size", "max_length", "length_penalty", "mbr_samples", "mbr_temperature")
 # run.json fields copied into metrics.json: what a reader needs to judge a number
 PROTOCOL_FIELDS = ("model", "decoding", "checkpoint", "oracle", "seed", "adm_enhanced_input", "distilled", "init")
 
@@ -53,6 +54,13 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     return run
 
 
+def run_decoding(run: Mapping[str, Any]) -> dict[str, Any]:
+    """The Decoding fields of a run's run.json: the decoding its checkpoint was selected under, which
+    evaluate and generate repeat (MBR's samples drawn under the run's seed)."""
+    recorded = {k: v for k, v in (run.get("decoding") or {}).items() if k in DECODING_FIELDS}
+    return {**recorded, "seed": int(run.get("seed", 0))}
+
+
 def predictions_for_run(run_dir: Path, split: str) -> dict[str, str]:
     """{study id: generated report} of a run for one split.
 
@@ -64,10 +72,11 @@ def predictions_for_run(run_dir: Path, split: str) -> dict[str, str]:
     model = Path(run_dir) / "model.pt"
     if model.exists():
         run = read_run(run_dir)
-        decoding = {k: v for k, v in (run.get("decoding") or {}).items() if k in DECODING_FIELDS}
+        decoding = run_decoding(run)
         options = {"split": split, **decoding}
         if not is_up_to_date(path, options, {"model": model}):
-            from stages.training.inference import Decoding, split_predictions  # torch: only when needed
+            from stages.generation.decoding import Decoding  # torch: only when needed
+            from stages.training.inference import split_predictions
 
             started = time.time()
             predictions = split_predictions(Path(run_dir), split, Decoding(**decoding))

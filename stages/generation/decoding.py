@@ -1,10 +1,16 @@
-"""Turning a trained generator into reports: greedy decoding and batched beam search.
+"""Turning a trained generator into reports: greedy decoding, batched beam search and minimum Bayes
+risk (MBR) decoding over sampled reports.
 
 The evaluation protocol decodes with beam search (3) and trigram blocking (R2Gen's setting);
-greedy is the cheap alternative. Both decode every study of a batch at once (beam search
-runs all studies x beams hypotheses in one `step` call), in eval mode without gradients, and
-return each study's token ids without BOS, cut before the first EOS, at most max_length - 1
-tokens (BOS takes the first of max_length positions, as in the stored ids). R2Gen's vocabulary
+greedy is the cheap alternative. Beam search looks for the most probable report, which is
+shorter than a typical one (most of the probability of the words after "the lungs are clear ." is
+on EOS, yet most reports go on); MBR instead picks, of reports sampled from the model, the one most
+like the others under sentence BLEU, i.e. the report with the highest expected BLEU under the
+model: an option, outside the protocol, and recorded as the run's decoding. All of them decode
+every study of a batch at once (beam search runs all studies x beams hypotheses in one `step`
+call), in eval mode without gradients, and return each study's token ids without BOS, cut before
+the first EOS, at most max_length - 1 tokens (BOS takes the first of max_length positions, as in
+the stored ids). R2Gen's vocabulary
 uses id 0 for both BOS and EOS; a pretrained decoder passes its own tokenizer's.
 Trigram blocking works on words: R2Gen's vocabulary has one token per word; for a sub-word
 vocabulary (`word_start`: which ids begin a word) a hypothesis may not complete a word that would
@@ -14,13 +20,40 @@ effusion" cannot.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 EOS = 0  # R2Gen: id 0 is BOS, EOS and padding
+
+
+@dataclass
+class Decoding:
+    """How a run's reports are decoded; train records it in run.json ("decoding") and uses it for
+    validation, evaluate and generate repeat it."""
+
+    beam_size: int = 3
+    max_length: int | None = None  # None: the model's maximum report length
+    batch_size: int = 16
+    length_penalty: float = 0.0  # beam search ranks by log-probability / length ** length_penalty
+    mbr_samples: int = 0  # above 0: MBR over this many sampled reports per study instead of beam search
+    mbr_temperature: float = 1.0  # MBR: the samples' temperature
+    seed: int = 0  # MBR: the samples' random draws (with the batch size, they fix every report)
+
+    def validate(self) -> None:
+        if self.beam_size < 1 or self.batch_size < 1:
+            raise ValueError(f"the beam size and the batch size must be at least 1, not {self.beam_size} and "
+                             f"{self.batch_size}")
+        if self.mbr_samples < 0 or self.mbr_samples == 1:
+            raise ValueError(f"--mbr-samples must be 0 (beam search) or at least 2 (MBR compares each sample with "
+                             f"the others), not {self.mbr_samples}")
+        if self.mbr_temperature <= 0:
+            raise ValueError(f"--mbr-temperature must be above 0, not {self.mbr_temperature}")
 
 
 @contextmanager
@@ -143,3 +176,71 @@ def beam_search(model: nn.Module, visual: torch.Tensor, visual_mask: torch.Tenso
         final = scores / lengths.view(batch, beam_size).clamp(min=1.0) ** length_penalty
         chosen = offsets[:, 0] + final.argmax(dim=1)
         return _until_eos(prefix[chosen, 1:].tolist(), eos)
+
+
+def sample(model: nn.Module, visual: torch.Tensor, visual_mask: torch.Tensor, labels: torch.Tensor | None,
+           num_samples: int, max_length: int, *, temperature: float = 1.0, generator: torch.Generator | None = None,
+           bos: int = EOS, eos: int = EOS) -> list[list[list[int]]]:
+    """num_samples reports per study, each token drawn from the model's next-token distribution
+    (sharpened by temperature < 1); the draws follow `generator`, so a seeded one repeats them."""
+    if num_samples < 1 or temperature <= 0:
+        raise ValueError(f"need num_samples >= 1 and temperature > 0, got {num_samples} and {temperature}")
+    with _inference(model):
+        batch = visual.shape[0]
+        state = model.encode(visual, visual_mask, labels).repeat_interleave(num_samples)
+        prefix = torch.full((batch * num_samples, 1), bos, dtype=torch.long, device=visual.device)
+        done = torch.zeros(batch * num_samples, dtype=torch.bool, device=visual.device)
+        for _ in range(max_length - 1):
+            probs = (model.step(state, prefix) / temperature).softmax(dim=-1)
+            token = torch.multinomial(probs, 1, generator=generator)[:, 0].masked_fill(done, eos)
+            prefix = torch.cat([prefix, token[:, None]], dim=1)
+            done |= token == eos
+            if bool(done.all()):
+                break
+        rows = _until_eos(prefix[:, 1:].tolist(), eos)
+        return [rows[i * num_samples:(i + 1) * num_samples] for i in range(batch)]
+
+
+def _ngrams(tokens: Sequence[int], n: int = 4) -> list[Counter]:
+    return [Counter(tuple(tokens[i:i + k]) for i in range(len(tokens) - k + 1)) for k in range(1, n + 1)]
+
+
+def sentence_bleu(hypothesis: Sequence[int], reference: Sequence[int], n: int = 4,
+                  grams: tuple[list[Counter], list[Counter]] | None = None) -> float:
+    """BLEU-n of one hypothesis against one reference with add-one smoothing of the 2..n-gram
+    precisions (Lin and Och's BLEU+1), so that a report sharing no 4-gram still scores by its
+    shorter matches. `grams`: both sides' `_ngrams`, when the caller has them already."""
+    if not hypothesis or not reference:
+        return 0.0
+    hyp, ref = grams or (_ngrams(hypothesis, n), _ngrams(reference, n))
+    log_precision = 0.0
+    for k in range(n):
+        matches = sum((hyp[k] & ref[k]).values()) + (k > 0)
+        if matches == 0:
+            return 0.0
+        log_precision += math.log(matches / (max(len(hypothesis) - k, 0) + (k > 0))) / n
+    brevity = min(0.0, 1.0 - len(reference) / len(hypothesis))
+    return math.exp(log_precision + brevity)
+
+
+def consensus(candidates: Sequence[Sequence[int]]) -> list[int]:
+    """The candidate with the highest mean sentence BLEU against the other candidates (the MBR
+    choice when the candidates are samples from the model); ties go to the first."""
+    grams = [_ngrams(c) for c in candidates]
+    best, best_utility = 0, -1.0
+    for i, hypothesis in enumerate(candidates):
+        utility = sum(sentence_bleu(hypothesis, reference, grams=(grams[i], grams[j]))
+                      for j, reference in enumerate(candidates) if j != i)
+        if utility > best_utility:
+            best, best_utility = i, utility
+    return list(candidates[best])
+
+
+def mbr(model: nn.Module, visual: torch.Tensor, visual_mask: torch.Tensor, labels: torch.Tensor | None,
+        num_samples: int = 16, max_length: int = 60, *, temperature: float = 1.0,
+        generator: torch.Generator | None = None, bos: int = EOS, eos: int = EOS) -> list[list[int]]:
+    """Minimum Bayes risk decoding: sample num_samples reports per study and return each study's
+    `consensus`."""
+    samples = sample(model, visual, visual_mask, labels, num_samples, max_length, temperature=temperature,
+                     generator=generator, bos=bos, eos=eos)
+    return [consensus(candidates) for candidates in samples]

@@ -10,7 +10,7 @@ reference labels when the run was an explicit oracle ablation).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import h5py
@@ -25,6 +25,7 @@ from stages.core.errors import StageError
 from stages.data.images import ImageError, load_xray
 from stages.features.extract import encode_images
 from stages.generation.config import LABEL_CONDITIONED
+from stages.generation.decoding import Decoding
 from stages.models.image_encoders import build_image_encoder
 from stages.training.conditioning import predicted_study_labels
 from stages.text.subword import SubwordTokenizer
@@ -36,14 +37,6 @@ from stages.training.warmstart import subword_targets
 
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
-
-
-@dataclass
-class Decoding:
-    beam_size: int = 3
-    max_length: int | None = None  # None: the model's maximum report length
-    batch_size: int = 16
-    length_penalty: float = 0.0  # beam search ranks by log-probability / length ** length_penalty
 
 
 def dataset_dir(run_dir: Path) -> Path:
@@ -89,10 +82,7 @@ def split_predictions(run_dir: Path, split: str, decoding: Decoding, device: str
     saved = load_run(run_dir, device)
     source, rows = _split_source(saved, run_dir, split)
     try:
-        return decode_split(saved.model, source, rows, saved.vocab, beam_size=decoding.beam_size,
-                            max_length=decoding.max_length or saved.config.max_length,
-                            length_penalty=decoding.length_penalty,
-                            batch_size=decoding.batch_size, desc=f"generating {split}")
+        return decode_split(saved.model, source, rows, saved.vocab, decoding, desc=f"generating {split}")
     finally:
         source.close()
 
@@ -156,13 +146,12 @@ def image_predictions(run_dir: Path, studies: Sequence[tuple[str, Sequence[Path]
     if spec.mode == "cached":
         encoder = build_image_encoder(spec.encoder, spec.weights).to(device).eval()
     out: dict[str, str] = {}
+    generator = torch.Generator(device=device).manual_seed(decoding.seed) if decoding.mbr_samples else None
     for start in range(0, len(studies), decoding.batch_size):
         chunk = studies[start:start + decoding.batch_size]
         batch = _batch([images[s] for s, _ in chunk], labels[start:start + len(chunk)], spec.max_views, encoder,
                        spec.input_size, saved.config.max_length)
-        ids = saved.model.generate(batch.to(device), beam_size=decoding.beam_size,
-                                   max_length=decoding.max_length or saved.config.max_length,
-                                   length_penalty=decoding.length_penalty)
+        ids = saved.model.generate(batch.to(device), decoding, generator)
         out.update({study: saved.vocab.decode(report) for (study, _), report in zip(chunk, ids)})
     return out, findings
 

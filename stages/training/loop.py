@@ -32,6 +32,7 @@ from stages.core.checkpoints import load_checkpoint, random_state, restore_rando
 from stages.evaluation.clinical import binary_labels, ce_scores, load_labeler
 from stages.evaluation.nlg import as_captions, bleu, cider, rouge_l
 from stages.evaluation.runs import write_predictions
+from stages.generation.decoding import Decoding
 from stages.text.vocab import Vocabulary
 from stages.training.data import StudySource
 from stages.training.distributed import Dist, epoch_order
@@ -81,8 +82,16 @@ class TrainOptions:
     monitor: str = "bleu4"
     val_beam_size: int = 3
     length_penalty: float = 0.0
+    mbr_samples: int = 0
+    mbr_temperature: float = 1.0
     checkpoint_every: int = 200
     seed: int = 0
+
+    def decoding(self, max_length: int | None = None) -> Decoding:
+        """The run's decoding: validation uses it, run.json records it for evaluate and generate."""
+        return Decoding(beam_size=self.val_beam_size, max_length=max_length, batch_size=max(self.batch_size, 16),
+                        length_penalty=self.length_penalty, mbr_samples=self.mbr_samples,
+                        mbr_temperature=self.mbr_temperature, seed=self.seed)
 
     def validate(self) -> None:
         if self.monitor not in MONITORS:
@@ -93,19 +102,20 @@ class TrainOptions:
         if min(self.epochs, self.batch_size, self.step_size, self.val_beam_size, self.checkpoint_every) < 1:
             raise ValueError("--epochs, --batch-size, --step-size, --val-beam-size and --checkpoint-every must be "
                              "at least 1")
+        self.decoding().validate()
 
 
-def decode_split(model: ReportModel, source: StudySource, rows: np.ndarray, vocab: TextCodec, *,
-                 beam_size: int, max_length: int, batch_size: int, length_penalty: float = 0.0,
+def decode_split(model: ReportModel, source: StudySource, rows: np.ndarray, vocab: TextCodec, decoding: Decoding,
                  desc: str = "decoding") -> dict[str, str]:
-    """{study id: generated report} for the given study rows (beam search, or greedy with beam 1)."""
+    """{study id: generated report} for the given study rows. MBR's samples come from one generator
+    seeded with decoding.seed, so a split decodes the same way every time (each validation epoch
+    included, without touching training's random state)."""
     out: dict[str, str] = {}
-    model.eval()
-    for start in tqdm(range(0, len(rows), batch_size), desc=desc, unit="batch", leave=False):
-        batch = source.batch(rows[start:start + batch_size]).to(model.device)
-        for row, ids in zip(batch.rows, model.generate(batch, beam_size=beam_size, max_length=max_length,
-                                                       length_penalty=length_penalty)):
-            out[source.data.ids[row]] = vocab.decode(ids)
+    generator = torch.Generator(device=model.device).manual_seed(decoding.seed) if decoding.mbr_samples else None
+    for start in tqdm(range(0, len(rows), decoding.batch_size), desc=desc, unit="batch", leave=False):
+        batch = source.batch(rows[start:start + decoding.batch_size]).to(model.device)
+        ids = model.generate(batch, decoding, generator)
+        out.update({source.data.ids[row]: vocab.decode(report) for row, report in zip(batch.rows, ids)})
     return out
 
 
@@ -221,9 +231,7 @@ class Trainer:
         if self.context.main:
             started = time.time()
             predictions = decode_split(self.model, self.source, self.val_rows, self.text,
-                                       beam_size=options.val_beam_size, max_length=self.max_length,
-                                       length_penalty=options.length_penalty,
-                                       batch_size=max(options.batch_size, 16), desc="validation")
+                                       options.decoding(self.max_length), desc="validation")
             references = [self.vocab.decode(self.source.data.token_ids[r][1:]) for r in self.val_rows]
             gts, res = as_captions(references, [predictions[self.source.data.ids[r]] for r in self.val_rows])
             scores = {name: float(value) for name, value in validation_scores(gts, res).items()}

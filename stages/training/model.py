@@ -19,7 +19,7 @@ from torch import nn
 
 from stages.core.artifacts import load_torch
 from stages.generation.config import GeneratorConfig
-from stages.generation.decoding import beam_search, greedy
+from stages.generation.decoding import Decoding, beam_search, greedy, mbr
 from stages.generation.models import GeneratorOutput, build_generator
 from stages.generation.visual import VisualExtractor, cached_tokens
 from stages.models.image_encoders import build_image_encoder
@@ -75,18 +75,24 @@ class ReportModel(nn.Module):
         return self.generator(visual, mask, batch.targets, batch.target_mask, batch.labels)
 
     @torch.no_grad()
-    def generate(self, batch: Batch, *, beam_size: int = 3, max_length: int = 60,
-                 length_penalty: float = 0.0) -> list[list[int]]:
-        """Token ids (without BOS, up to EOS) per study: beam search (ranking by log-probability /
-        length ** length_penalty), or greedy for beam 1."""
+    def generate(self, batch: Batch, decoding: Decoding | None = None,
+                 generator: torch.Generator | None = None) -> list[list[int]]:
+        """Token ids (without BOS, up to EOS) per study, decoded as `decoding` says (default: beam 3):
+        beam search, greedy for beam 1, or MBR over sampled reports drawn from `generator`."""
+        decoding = decoding or Decoding()
         self.eval()
         visual, mask = self.tokens(batch)
         config = self.generator.config
-        if beam_size <= 1:
-            return greedy(self.generator, visual, mask, batch.labels, max_length, bos=config.bos_id, eos=config.eos_id)
-        return beam_search(self.generator, visual, mask, batch.labels, beam_size=beam_size, max_length=max_length,
-                           length_penalty=length_penalty, bos=config.bos_id, eos=config.eos_id,
-                           word_start=self.generator.word_start)
+        max_length = decoding.max_length or config.max_length
+        special = {"bos": config.bos_id, "eos": config.eos_id}
+        if decoding.mbr_samples > 0:
+            return mbr(self.generator, visual, mask, batch.labels, decoding.mbr_samples, max_length,
+                       temperature=decoding.mbr_temperature, generator=generator, **special)
+        if decoding.beam_size <= 1:
+            return greedy(self.generator, visual, mask, batch.labels, max_length, **special)
+        return beam_search(self.generator, visual, mask, batch.labels, beam_size=decoding.beam_size,
+                           max_length=max_length, length_penalty=decoding.length_penalty,
+                           word_start=self.generator.word_start, **special)
 
 
 def build_model(config: GeneratorConfig, visual: VisualSpec, prototypes: np.ndarray | None = None,

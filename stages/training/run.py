@@ -162,6 +162,7 @@ def fit_run(ctx: StageContext, context: Dist, run_dir: Path, model: ReportModel,
     info = {"dataset": ctx.dataset, "best_epoch": state["best_epoch"], **info,
             f"val_{options.monitor}": state["best_score"]}
     model_pt = run_dir / "model.pt"
+    decoding = options.decoding(config.max_length)
     with atomic_output(model_pt) as tmp:
         save_model(tmp, model, text or vocab, config, best["model"], info)
     write_json_atomic(run_dir / "run.json", {
@@ -173,8 +174,9 @@ def fit_run(ctx: StageContext, context: Dist, run_dir: Path, model: ReportModel,
         **({"extra_data": info["extra_data"]} if "extra_data" in info else {}),
         **({"distilled": info["distilled"]} if "distilled" in info else {}),
         **({"init": info["init"], "warm_start": info.get("warm_start")} if "init" in info else {}),
-        "decoding": {"beam_size": options.val_beam_size, "max_length": config.max_length, "block_trigrams": True,
-                     "length_penalty": options.length_penalty}})
+        "decoding": {"beam_size": decoding.beam_size, "max_length": decoding.max_length,
+                     "block_trigrams": not decoding.mbr_samples, "length_penalty": decoding.length_penalty,
+                     "mbr_samples": decoding.mbr_samples, "mbr_temperature": decoding.mbr_temperature}})
     ctx.finish(model_pt, options=run_options, inputs=inputs,
                counts={"best_epoch": state["best_epoch"], f"val_{options.monitor}": round(state["best_score"], 4),
                        "epochs": options.epochs})
