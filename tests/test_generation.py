@@ -344,6 +344,13 @@ def test_sampling_follows_the_model_and_its_seed():
     assert all(report == [] for report in draw(0, temperature=1e-4)[0])
 
 
+def test_sampling_near_zero_temperature_is_greedy_while_finished_reports_leave_the_batch(overfit):
+    generator, inputs = overfit  # its two reports end at different steps, so the batch shrinks mid-way
+    args = (inputs["visual"], inputs["visual_mask"], inputs["labels"])
+    drawn = sample(generator, *args, 3, 14, temperature=1e-6, generator=torch.Generator().manual_seed(0))
+    assert drawn == [[report] * 3 for report in REPORTS]
+
+
 def test_sentence_bleu_and_consensus():
     assert sentence_bleu([1, 2, 3, 4, 5], [1, 2, 3, 4, 5]) == pytest.approx(1.0)
     assert sentence_bleu([6, 7], [1, 2, 3]) == 0.0 and sentence_bleu([], [1]) == 0.0

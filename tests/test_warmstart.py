@@ -20,7 +20,8 @@ import torch
 from conftest import invoke, needs_demo  # tests/ is on sys.path under pytest
 from stages.evaluation.nlg import NlgScorer
 from stages.generation.config import GeneratorConfig
-from stages.generation.decoding import beam_search, block_repeated_trigrams, block_repeated_word_trigrams, greedy
+from stages.generation.decoding import (beam_search, block_repeated_trigrams, block_repeated_word_trigrams, greedy,
+                                       sample)
 from stages.generation.models import build_generator
 from stages.generation.warmstart import WarmStartGenerator, decoder_config, decoder_size
 from stages.text.subword import SubwordTokenizer, r2gen_span
@@ -221,6 +222,10 @@ def test_greedy_and_beam_search_with_the_cache_equal_recomputing_every_prefix(be
                               max_length=16, word_start=model.word_start, **special)[0] for i in range(3)]
     assert beams == one_by_one
     assert all(len(ids) <= 15 for ids in beams)
+    # sampled reports that end leave the batch, and the cache is cut down with them
+    drawn = [sample(decoder, *args, 4, 16, generator=torch.Generator().manual_seed(0), **special)
+             for decoder in (model, Uncached(model))]
+    assert drawn[0] == drawn[1] and len({len(ids) for study in drawn[0] for ids in study}) > 1
 
 
 def test_a_gpt2_style_decoder_works_with_bos_equal_to_eos(tmp_path):

@@ -182,23 +182,31 @@ def sample(model: nn.Module, visual: torch.Tensor, visual_mask: torch.Tensor, la
            num_samples: int, max_length: int, *, temperature: float = 1.0, generator: torch.Generator | None = None,
            bos: int = EOS, eos: int = EOS) -> list[list[list[int]]]:
     """num_samples reports per study, each token drawn from the model's next-token distribution
-    (sharpened by temperature < 1); the draws follow `generator`, so a seeded one repeats them."""
+    (sharpened by temperature < 1); the draws follow `generator`, so a seeded one repeats them.
+    A report that has ended leaves the batch, so the cost follows the reports' total length."""
     if num_samples < 1 or temperature <= 0:
         raise ValueError(f"need num_samples >= 1 and temperature > 0, got {num_samples} and {temperature}")
     with _inference(model):
         batch = visual.shape[0]
         state = model.encode(visual, visual_mask, labels).repeat_interleave(num_samples)
         prefix = torch.full((batch * num_samples, 1), bos, dtype=torch.long, device=visual.device)
-        done = torch.zeros(batch * num_samples, dtype=torch.bool, device=visual.device)
+        live = torch.arange(batch * num_samples, device=visual.device)  # the rows still being written
+        reports: list[list[int]] = [[] for _ in range(batch * num_samples)]
         for _ in range(max_length - 1):
             probs = (model.step(state, prefix) / temperature).softmax(dim=-1)
-            token = torch.multinomial(probs, 1, generator=generator)[:, 0].masked_fill(done, eos)
-            prefix = torch.cat([prefix, token[:, None]], dim=1)
-            done |= token == eos
-            if bool(done.all()):
-                break
-        rows = _until_eos(prefix[:, 1:].tolist(), eos)
-        return [rows[i * num_samples:(i + 1) * num_samples] for i in range(batch)]
+            token = torch.multinomial(probs, 1, generator=generator)
+            prefix = torch.cat([prefix, token], dim=1)
+            ended = token[:, 0] == eos
+            if bool(ended.any()):
+                for row, ids in zip(live[ended].tolist(), prefix[ended, 1:-1].tolist()):
+                    reports[row] = ids
+                going = (~ended).nonzero()[:, 0]
+                live, prefix, state = live[going], prefix[going], state.select(going)
+                if not len(live):
+                    break
+        for row, ids in zip(live.tolist(), prefix[:, 1:].tolist()):
+            reports[row] = ids
+        return [reports[i * num_samples:(i + 1) * num_samples] for i in range(batch)]
 
 
 def _ngrams(tokens: Sequence[int], n: int = 4) -> list[Counter]:
