@@ -45,9 +45,10 @@ include pipelines/stages.mk pipelines/demo.mk pipelines/iu_xray.mk pipelines/mim
 test: setup
 	$(BIN)/python -m pytest -q
 
-# bench/generate.py decodes with the demo's trained XProNet, and bench/warmstart_speed.py also with the
-# warm-started model, so both are trained first
-bench: setup $(ART)/demo/runs/xpronet/model.pt $(ART)/demo/runs/warmstart/model.pt
+# bench/generate.py and bench/mbr.py decode with the demo's trained XProNet (mbr.py compares with the nearest
+# neighbour), and bench/warmstart_speed.py also with the warm-started model, so these are built first
+bench: setup $(ART)/demo/runs/xpronet/model.pt $(ART)/demo/runs/warmstart/model.pt \
+       $(ART)/demo/runs/nearest-neighbour/metrics_test.json
 	$(BIN)/python bench/preprocess.py
 	$(BIN)/python bench/label.py
 	$(BIN)/python bench/features.py
@@ -56,5 +57,6 @@ bench: setup $(ART)/demo/runs/xpronet/model.pt $(ART)/demo/runs/warmstart/model.
 	$(BIN)/python bench/distill.py
 	$(BIN)/python bench/adm.py
 	$(BIN)/python bench/generate.py --run $(ART)/demo/runs/xpronet
+	$(BIN)/python bench/mbr.py --artifacts $(ART)
 	$(BIN)/python bench/warmstart_speed.py --artifacts $(ART)
 	$(BIN)/python bench/pretrain.py
