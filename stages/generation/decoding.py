@@ -55,6 +55,10 @@ class Decoding:
         if self.mbr_temperature <= 0:
             raise ValueError(f"--mbr-temperature must be above 0, not {self.mbr_temperature}")
 
+    def generator(self, device: torch.device | str) -> torch.Generator | None:
+        """MBR's random draws, seeded afresh, so every decoding of a split repeats them (None: beam search)."""
+        return torch.Generator(device=device).manual_seed(self.seed) if self.mbr_samples else None
+
 
 @contextmanager
 def _inference(model: nn.Module) -> Iterator[None]:

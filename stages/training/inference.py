@@ -146,7 +146,7 @@ def image_predictions(run_dir: Path, studies: Sequence[tuple[str, Sequence[Path]
     if spec.mode == "cached":
         encoder = build_image_encoder(spec.encoder, spec.weights).to(device).eval()
     out: dict[str, str] = {}
-    generator = torch.Generator(device=device).manual_seed(decoding.seed) if decoding.mbr_samples else None
+    generator = decoding.generator(device)
     for start in range(0, len(studies), decoding.batch_size):
         chunk = studies[start:start + decoding.batch_size]
         batch = _batch([images[s] for s, _ in chunk], labels[start:start + len(chunk)], spec.max_views, encoder,

@@ -111,7 +111,7 @@ def decode_split(model: ReportModel, source: StudySource, rows: np.ndarray, voca
     seeded with decoding.seed, so a split decodes the same way every time (each validation epoch
     included, without touching training's random state)."""
     out: dict[str, str] = {}
-    generator = torch.Generator(device=model.device).manual_seed(decoding.seed) if decoding.mbr_samples else None
+    generator = decoding.generator(model.device)
     for start in tqdm(range(0, len(rows), decoding.batch_size), desc=desc, unit="batch", leave=False):
         batch = source.batch(rows[start:start + decoding.batch_size]).to(model.device)
         ids = model.generate(batch, decoding, generator)
