@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 import torch
 
+from stages.core.errors import usage_errors
 from stages.evaluation.runs import read_run, run_decoding, write_predictions
 from stages.generation.decoding import Decoding
 from stages.training.inference import image_predictions, read_study_list
@@ -40,10 +41,8 @@ def command(run_dir: Path, inputs: tuple[Path, ...], output: Path | None, device
     studies = read_study_list(inputs)
     decoding = Decoding(**{**run_decoding(read_run(run_dir)),
                            **{key: value for key, value in given.items() if value is not None}})
-    try:
+    with usage_errors():
         decoding.validate()
-    except ValueError as error:
-        raise click.UsageError(str(error)) from None
     reports, findings = image_predictions(run_dir, studies, decoding, device)
     if output is not None:
         write_predictions(output, reports)

@@ -14,7 +14,7 @@ from stages.adm.classifier import TrainConfig as Augmentation
 from stages.core.artifacts import atomic_output, write_json_atomic
 from stages.core.checkpoints import clear_stale_run, run_header
 from stages.core.config import resolve
-from stages.core.errors import StageError
+from stages.core.errors import StageError, usage_errors
 from stages.core.stage import StageContext, dataclass_options, stage_options
 from stages.models.image_encoders import ENCODERS
 from stages.pretraining.data import PairSource
@@ -72,11 +72,9 @@ def _config(options: dict[str, Any]) -> tuple[PriorConfig, PretrainOptions]:
 
     config = PriorConfig(**fill(PriorConfig, set()))
     training = PretrainOptions(**fill(PretrainOptions, {"seed"}), seed=options["seed"])
-    try:  # before anything is written: a typo must not replace a finished run
+    with usage_errors():  # before anything is written: a typo must not replace a finished run
         config.validate()
         training.validate()
-    except ValueError as error:
-        raise click.UsageError(str(error)) from None
     return config, training
 
 

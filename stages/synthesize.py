@@ -17,7 +17,7 @@ from stages.adm.classifier import load_diagnosis
 from stages.core.artifacts import atomic_output, read_manifest, write_json_atomic
 from stages.core.checkpoints import clear_stale_run, run_header
 from stages.core.config import resolve
-from stages.core.errors import StageError
+from stages.core.errors import StageError, usage_errors
 from stages.core.stage import StageContext, dataclass_options, stage_options
 from stages.data.records import SPLITS
 from stages.evaluation.bootstrap import DRAWS
@@ -125,11 +125,9 @@ def train_vision(ctx: StageContext, name: str, device: str, **hyper: Any) -> Non
                               views=len(bank.view_names))
         training = VisionOptions(**{f.name: options[f.name] for f in dataclasses.fields(VisionOptions)
                                     if f.name != "seed" and options.get(f.name) is not None}, seed=ctx.seed)
-        try:
+        with usage_errors():  # before a finished run of other options is cleared for this one
             config.validate()
-            training.validate()  # before a finished run of other options is cleared for this one
-        except ValueError as error:
-            raise click.UsageError(str(error)) from None
+            training.validate()
         features = read_manifest(inputs["features"])["options"]
         run_options = {"model": config.to_dict(), "train": dataclasses.asdict(training), "views": bank.view_names}
         run_dir, vision_pt = _vision_run(ctx, name)

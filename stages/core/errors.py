@@ -1,6 +1,10 @@
-"""The one exception a stage raises for bad data or a failed run (exit code 1)."""
+"""The one exception a stage raises for bad data or a failed run (exit code 1), and how bad options
+become usage errors (exit code 2)."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import click
 
@@ -12,3 +16,13 @@ class StageError(click.ClickException):
 
     def format_message(self) -> str:
         return self.message
+
+
+@contextmanager
+def usage_errors() -> Iterator[None]:
+    """A ValueError from checking options (e.g. an options dataclass's `validate`) becomes click's usage
+    error with the same message: exit code 2, raised before the stage touches anything."""
+    try:
+        yield
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None

@@ -20,7 +20,7 @@ import torch
 
 from stages.core.artifacts import atomic_output, check_input, read_manifest, write_json_atomic
 from stages.core.checkpoints import clear_stale_run, run_header
-from stages.core.errors import StageError
+from stages.core.errors import StageError, usage_errors
 from stages.core.stage import StageContext
 from stages.generation.config import LABEL_CONDITIONED, GeneratorConfig
 from stages.text.vocab import Vocabulary
@@ -189,8 +189,6 @@ def train_options(options: dict[str, Any], seed: int) -> TrainOptions:
     is written: a typo must not replace a finished run."""
     training = TrainOptions(**{f.name: options[f.name] if options.get(f.name) is not None else f.default
                                for f in dataclasses.fields(TrainOptions) if f.name != "seed"}, seed=seed)
-    try:
+    with usage_errors():
         training.validate()
-    except ValueError as error:
-        raise click.UsageError(str(error)) from None
     return training
