@@ -21,6 +21,10 @@ _SHARED_SPLIT = Path(__file__).resolve().parents[1].parent / "shared" / "data" /
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default="artifacts/demo/raw",
               show_default=True, help="Folder to write the R2Gen-layout demo dataset to.")
 @click.option("--n-studies", type=int, help="Number of studies [400, pipelines/demo.toml].")
+@click.option("--test-studies", type=int,
+              help="Studies in the test split, drawn after (so apart from) the training and validation "
+                   "studies; -1: the test split's proportional share of --n-studies [300, "
+                   "pipelines/demo.toml: 82 test studies could not tell the methods apart].")
 @click.option("--size", type=int, help="Image side in pixels [128].")
 @click.option("--abnormal-fraction", type=float,
               help="Share of each split drawn from reports with a finding; -1 keeps the natural mix "
@@ -35,7 +39,7 @@ _SHARED_SPLIT = Path(__file__).resolve().parents[1].parent / "shared" / "data" /
 @click.option("--workers", type=int, default=min(4, os.cpu_count() or 1), show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Rebuild even when the folder is up to date.")
-def command(out: Path, n_studies: int | None, size: int | None, abnormal_fraction: float | None, split_file: Path | None, reports: Path | None,
+def command(out: Path, n_studies: int | None, test_studies: int | None, size: int | None, abnormal_fraction: float | None, split_file: Path | None, reports: Path | None,
             preview_png: Path | None, workers: int, seed: int, force: bool) -> None:
     """Pair real Open-i report text with phantom radiographs rendered from each report's findings.
 
@@ -44,8 +48,11 @@ def command(out: Path, n_studies: int | None, size: int | None, abnormal_fractio
     benchmarked on any machine. regions.h5 holds the true region of every rendered finding.
     """
     started = time.time()
-    options = resolve("demo", "make-demo", {"n_studies": n_studies, "size": size, "abnormal_fraction": abnormal_fraction},
-                      required=("n_studies", "size", "abnormal_fraction"))
+    options = resolve("demo", "make-demo", {"n_studies": n_studies, "test_studies": test_studies, "size": size,
+                                            "abnormal_fraction": abnormal_fraction},
+                      required=("n_studies", "test_studies", "size", "abnormal_fraction"))
+    if options["test_studies"] < -1:
+        raise click.BadParameter("must be -1 (proportional share) or a number of studies", param_hint="--test-studies")
     if not (options["abnormal_fraction"] == -1 or 0 <= options["abnormal_fraction"] <= 1):
         raise click.BadParameter("must be -1 (natural mix) or between 0 and 1", param_hint="--abnormal-fraction")
     if split_file is None and _SHARED_SPLIT.exists():
@@ -59,7 +66,8 @@ def command(out: Path, n_studies: int | None, size: int | None, abnormal_fractio
         annotation.touch()
     else:
         fraction = None if options["abnormal_fraction"] == -1 else options["abnormal_fraction"]
-        studies = select_studies(list(iter_reports_tgz(reports)), options["n_studies"], split_file, seed, fraction)
+        test = None if options["test_studies"] == -1 else options["test_studies"]
+        studies = select_studies(list(iter_reports_tgz(reports)), options["n_studies"], split_file, seed, fraction, test)
         if not studies:
             raise StageError(f"no studies selected from {reports}; check --split-file and --n-studies")
         with artifacts.atomic_output(out) as tmp:

@@ -104,7 +104,7 @@ def chain(tmp_path_factory) -> Path:
     if importlib.util.find_spec("torchxrayvision") is None:
         pytest.skip("the demo's report text ships in torchxrayvision's wheel")
     art = tmp_path_factory.mktemp("train") / "art"
-    invoke("make-demo", "--out", art / "demo" / "raw", "--n-studies", 36, "--size", 64, "--workers", 1)
+    invoke("make-demo", "--out", art / "demo" / "raw", "--n-studies", 36, "--test-studies", -1, "--size", 64, "--workers", 1)
     invoke("preprocess", "--dataset", "demo", "--root", art / "demo" / "raw", "--artifacts", art, "--workers", 1,
            "--image-size", 64)
     invoke("label", "--dataset", "demo", "--artifacts", art)

@@ -276,7 +276,7 @@ needs_demo = pytest.mark.skipif(importlib.util.find_spec("torchxrayvision") is N
 def adm_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("adm")
     art = root / "art"
-    invoke("make-demo", "--out", art / "demo" / "raw", "--n-studies", 40, "--size", 64, "--workers", 1)
+    invoke("make-demo", "--out", art / "demo" / "raw", "--n-studies", 40, "--test-studies", -1, "--size", 64, "--workers", 1)
     invoke("preprocess", "--dataset", "demo", "--root", art / "demo" / "raw", "--artifacts", art, "--workers", 1,
            "--image-size", 64)
     invoke("label", "--dataset", "demo", "--artifacts", art)

@@ -13,7 +13,8 @@ from PIL import Image
 
 from stages.cli import main
 from stages.labeling.observations import OBSERVATIONS, POSITIVE, UNCERTAIN
-from stages.phantom.demo import read_regions
+from stages.data.openi import iter_reports_tgz, torchxrayvision_reports
+from stages.phantom.demo import read_regions, select_studies
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("torchxrayvision") is None,
                                 reason="the demo's report text ships in torchxrayvision's wheel (make setup installs it)")
@@ -28,7 +29,7 @@ def invoke(*args):
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
-    invoke("make-demo", "--out", root / "raw", "--n-studies", 24, "--size", 64, "--workers", 1,
+    invoke("make-demo", "--out", root / "raw", "--n-studies", 24, "--test-studies", 6, "--size", 64, "--workers", 1,
            "--preview", root / "preview.png")
     return root
 
@@ -52,8 +53,26 @@ def test_demo_folder_is_r2gen_layout_with_regions(demo):
     assert Image.open(demo / "preview.png").size[0] > 64 * 8
 
 
+def test_test_split_size_leaves_training_and_validation_studies_alone():
+    reports = list(iter_reports_tgz(torchxrayvision_reports()))
+    proportional = select_studies(reports, 60, None, seed=0, abnormal_fraction=0.7)
+    larger = select_studies(reports, 60, None, seed=0, abnormal_fraction=0.7, test_studies=40)
+    def ids(studies, split):
+        return [s.id for s in studies if s.split == split]
+    assert ids(larger, "train") == ids(proportional, "train") and ids(larger, "val") == ids(proportional, "val")
+    assert len(ids(larger, "test")) == 40 > len(ids(proportional, "test")) > 0
+    assert set(ids(proportional, "test")) & set(ids(larger, "test"))
+    abnormal = sum(bool(s.findings) for s in larger if s.split == "test")
+    assert abnormal == 28  # abnormal_fraction applies to the larger split too
+
+
+def test_make_demo_rejects_a_negative_test_split():
+    result = CliRunner().invoke(main, ["make-demo", "--test-studies", "-2", "--out", "unused"])
+    assert result.exit_code == 2 and "--test-studies" in result.output
+
+
 def test_demo_is_deterministic(demo, tmp_path):
-    invoke("make-demo", "--out", tmp_path / "raw", "--n-studies", 24, "--size", 64, "--workers", 2)
+    invoke("make-demo", "--out", tmp_path / "raw", "--n-studies", 24, "--test-studies", 6, "--size", 64, "--workers", 2)
     first = json.loads((demo / "raw" / "annotation.json").read_text())
     assert json.loads((tmp_path / "raw" / "annotation.json").read_text()) == first
     image = first["train"][0]["image_path"][0]
@@ -79,7 +98,7 @@ def test_chain_preprocess_label_status(demo):
 
 
 def test_make_demo_rerun_is_a_no_op(demo):
-    assert "up to date" in invoke("make-demo", "--out", demo / "raw", "--n-studies", 24, "--size", 64)
+    assert "up to date" in invoke("make-demo", "--out", demo / "raw", "--n-studies", 24, "--test-studies", 6, "--size", 64)
 
 
 def test_label_refuses_a_dataset_that_was_rebuilt(demo, tmp_path):

@@ -39,13 +39,16 @@ class DemoStudy:
 
 
 def select_studies(reports: list[OpeniReport], n_studies: int, split_file: Path | None, seed: int,
-                   abnormal_fraction: float | None = None) -> list[DemoStudy]:
+                   abnormal_fraction: float | None = None, test_studies: int | None = None) -> list[DemoStudy]:
     """Studies with findings text, split as R2Gen (with `split_file`) or by id hash.
 
     Each split is sampled in proportion to its size, so the demo keeps the split's shape at any
-    size. With `abnormal_fraction`, that share of each split's sample (as far as the pool allows)
-    is drawn from studies with at least one finding, so that a small demo still has enough
-    positives to learn and score every finding; None keeps the natural mix.
+    size; `test_studies` sets the test split's size instead (as far as its pool allows), because
+    measuring needs more studies than training at the demo's scale. The test split is drawn last,
+    so its size never changes which training and validation studies are chosen. With
+    `abnormal_fraction`, that share of each split's sample (as far as the pool allows) is drawn
+    from studies with at least one finding, so that a small demo still has enough positives to
+    learn and score every finding; None keeps the natural mix.
     """
     splits = None
     if split_file is not None:
@@ -62,7 +65,8 @@ def select_studies(reports: list[OpeniReport], n_studies: int, split_file: Path 
     chosen = []
     for split in SPLITS:
         pool = by_split[split]
-        take = min(len(pool), round(n_studies * len(pool) / max(total, 1)))
+        share = round(n_studies * len(pool) / max(total, 1))
+        take = min(len(pool), test_studies if split == "test" and test_studies is not None else share)
         abnormal = [i for i, study in enumerate(pool) if study.findings]
         normal = [i for i, study in enumerate(pool) if not study.findings]
         if abnormal_fraction is None:
