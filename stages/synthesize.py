@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from stages.adm.classifier import load_diagnosis
+from stages.adm.masks import read_masks
 from stages.core.artifacts import atomic_output, read_manifest, write_json_atomic
 from stages.core.checkpoints import clear_stale_run, run_header
 from stages.core.config import resolve
@@ -45,6 +46,9 @@ TRAIN_HELP = {
             "denoising loss; the last when there are no validation images) or last.",
     "balance": "Draw training images with probability (images / images sharing the image's rarest finding) ** this, "
                "so rare signs are seen more often (0: each image once per epoch).",
+    "finding_weight": "Count each pixel's denoising error 1 + this much where the diagnosis classifier's finding "
+                      "mask covers it (adm.h5, from rrg-stage adm-masks), so small findings are not left out "
+                      "(0: the plain loss, the paper's).",
 }
 MODEL_HELP = {
     "resolution": "Side of the generated images in pixels (the stored images are resized to it).",
@@ -128,6 +132,10 @@ def train_vision(ctx: StageContext, name: str, device: str, **hyper: Any) -> Non
         with usage_errors():  # before a finished run of other options is cleared for this one
             config.validate()
             training.validate()
+        masks = None
+        if training.finding_weight > 0:
+            inputs["adm"] = ctx.input("adm.h5")
+            masks = read_masks(inputs["adm"], bank.image_rows("train"))
         features = read_manifest(inputs["features"])["options"]
         run_options = {"model": config.to_dict(), "train": dataclasses.asdict(training), "views": bank.view_names}
         run_dir, vision_pt = _vision_run(ctx, name)
@@ -138,7 +146,7 @@ def train_vision(ctx: StageContext, name: str, device: str, **hyper: Any) -> Non
         run_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(ctx.seed)
         model = VisionModel(config).to(device)
-        trainer = VisionTrainer(model, bank, training, run_dir, header)
+        trainer = VisionTrainer(model, bank, training, run_dir, header, masks=masks)
         click.echo(f"[{ctx.stage}] {config.prompt} prompt, {config.resolution} px U-Net ({sum(p.numel() for p in model.parameters()):,} "
                    f"parameters) on {len(trainer.train_rows)} training images ({len(trainer.val_rows)} for the validation "
                    f"loss), {training.steps} steps of {training.batch_size} on {device}")

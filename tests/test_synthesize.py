@@ -18,15 +18,17 @@ import torch
 from scipy import linalg
 
 from conftest import copy_chain, invoke, train  # tests/ is on sys.path under pytest
+from stages.adm.masks import read_masks
 from stages.core.artifacts import check_input, read_manifest
 from stages.data.h5dataset import DatasetFile
 from stages.data.r2gen import read_r2gen
 from stages.preprocess import check_records
+from stages.synthesis.evaluation import MIN_POSITIVES
 from stages.synthesis.prompts import PromptBank, Prompts, plan_prompts
 from stages.synthesis.quality import frechet_distance
 from stages.synthesis.schedule import NoiseSchedule
 from stages.synthesis.vision import (VisionConfig, VisionModel, VisionOptions, VisionTrainer, balanced_weights,
-                                    load_vision, sample)
+                                    finding_weights, load_vision, sample)
 from stages.text.vocab import Vocabulary
 from stages.training.data import MixedSource, StudySource
 
@@ -220,6 +222,49 @@ def test_balanced_training_draws_rare_findings_more_often(chain, tmp_path):
         bank.close()
 
 
+def test_finding_weights_follow_the_masks_share_of_each_pixel():
+    masks = np.zeros((2, 8, 8), dtype=bool)
+    masks[0, :4, :4] = True   # a quadrant: whole pixels at 4 px
+    masks[1, 0, :2] = True    # half of one 4-px pixel (2 of its 4 source pixels)
+    weights = finding_weights(masks, 4, 10.0)
+    assert weights.shape == (2, 1, 4, 4)
+    assert torch.equal(weights[0, 0, :2, :2], torch.full((2, 2), 11.0)) and float(weights[0, 0, 2:].max()) == 1.0
+    assert float(weights[1, 0, 0, 0]) == 6.0 and float(weights[1].sum()) == 16 + 5.0
+
+
+def test_weighted_loss_counts_each_pixel_by_its_weight():
+    model = tiny_model(target="v").train()
+    x0 = torch.rand(3, 1, 8, 8) * 2 - 1
+    prompts = Prompts(torch.randn(3, 6), torch.randn(3, 5), torch.tensor([0, 1, 0]))
+    plain = model.loss(x0, prompts, torch.Generator().manual_seed(1))
+    ones = model.loss(x0, prompts, torch.Generator().manual_seed(1), torch.ones(3, 1, 8, 8))
+    assert torch.equal(plain, ones)
+    inside = torch.zeros(3, 1, 8, 8)
+    inside[:, :, :4] = 2.0  # the top half counted twice, the bottom half not at all
+    top = model.loss(x0, prompts, torch.Generator().manual_seed(1), inside)
+    bottom = model.loss(x0, prompts, torch.Generator().manual_seed(1), 2.0 - inside)
+    assert torch.allclose(top + bottom, 2 * plain) and not torch.allclose(top, bottom)
+
+
+def test_finding_weight_trains_on_the_adm_masks_and_records_them(synth, tmp_path):
+    art = copy_chain(synth, tmp_path / "art")
+    invoke("synthesize", "train-vision", "--dataset", "demo", "--artifacts", art, *VISION, "--steps", 2,
+           "--checkpoint-every", 2, "--finding-weight", 5, "--name", "weighted")
+    manifest = check_input(art / "demo" / "synthesize" / "weighted" / "vision.pt", "demo")
+    assert manifest["options"]["train"]["finding_weight"] == 5.0 and "adm" in manifest["inputs"]
+    bank = PromptBank(art / "demo" / "dataset.h5", art / "demo" / "labels.h5", art / "demo" / "features.h5")
+    try:
+        model = VisionModel(VisionConfig(resolution=16, width=8, mults="1,2", attention="", heads=2))
+        with pytest.raises(ValueError, match="adm.h5"):
+            VisionTrainer(model, bank, VisionOptions(finding_weight=5.0), tmp_path, {})
+        masks = read_masks(art / "demo" / "adm.h5", bank.image_rows("train"))
+        trainer = VisionTrainer(model, bank, VisionOptions(batch_size=4, finding_weight=5.0), tmp_path, {}, masks=masks)
+        weights = trainer._batch(3)[3]  # each image's weights come with it
+        assert torch.equal(weights, finding_weights(masks[trainer.indices(3)], 16, 5.0)) and float(weights.max()) > 1
+    finally:
+        bank.close()
+
+
 @pytest.mark.parametrize("keep", ["best", "last"])
 def test_trainer_keeps_the_ema_of_the_lowest_validation_loss(chain, tmp_path, monkeypatch, keep):
     bank = PromptBank(chain / "demo" / "dataset.h5", chain / "demo" / "labels.h5", chain / "demo" / "features.h5")
@@ -381,6 +426,9 @@ def test_evaluate_writes_the_measurements_and_a_grid(synth):
     for name, bounds in spans.items():
         value = results["clinical_auroc"]["generated"]["per_class"][name]
         assert (bounds is None) if value is None else (bounds is None or bounds[0] <= bounds[1])
+        few = results["positives"][name] < MIN_POSITIVES  # one or two positives: no interval, no target
+        assert (bounds is None and results["targets"][f"auroc_{name}"] is None) if few else \
+            results["targets"][f"auroc_{name}"] == value
     with np.load(run / "samples_test.npz") as samples:
         assert samples["images"].shape == (results["images"], 64, 64)
     assert (run / "grid_test.png").stat().st_size > 1000

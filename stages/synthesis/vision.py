@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 from tqdm import tqdm
 
 from stages.core.artifacts import load_torch, save_figure
@@ -123,8 +124,10 @@ class VisionModel(nn.Module):
             image = torch.where(keep, self.image_proj((prompts.image - self.image_mean) / self.image_std), image)
         return text + image + self.view_emb(prompts.view)
 
-    def loss(self, x0: torch.Tensor, prompts: Prompts, generator: torch.Generator) -> torch.Tensor:
-        """The denoising loss: MSE between the network's output and the schedule's target."""
+    def loss(self, x0: torch.Tensor, prompts: Prompts, generator: torch.Generator,
+             weight: torch.Tensor | None = None) -> torch.Tensor:
+        """The denoising loss: MSE between the network's output and the schedule's target, each
+        pixel's squared error multiplied by `weight` (B, 1, R, R) when given."""
         b = len(x0)
         t = torch.randint(0, self.config.timesteps, (b,), generator=generator).to(x0.device)
         noise = torch.randn(x0.shape, generator=generator).to(x0.device)
@@ -132,7 +135,8 @@ class VisionModel(nn.Module):
         keep = (torch.rand(b, generator=generator) >= dropout).to(x0.device)
         x_t = self.schedule.q_sample(x0, t, noise)
         output = self.unet(x_t, t, self.condition(prompts, keep))
-        return (output - self.schedule.training_target(x0, t, noise)).pow(2).mean()
+        error = (output - self.schedule.training_target(x0, t, noise)).pow(2)
+        return (error if weight is None else error * weight).mean()
 
 
 @torch.no_grad()
@@ -199,14 +203,15 @@ class VisionOptions:
     checkpoint_every: int = 200
     log_every: int = 50
     balance: float = 0.0
+    finding_weight: float = 0.0
     keep: str = "best"
     seed: int = 0
 
     def validate(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1 or self.log_every < 1:
             raise ValueError("--steps, --batch-size, --checkpoint-every and --log-every must be at least 1")
-        if self.balance < 0:
-            raise ValueError("--balance must not be negative")
+        if self.balance < 0 or self.finding_weight < 0:
+            raise ValueError("--balance and --finding-weight must not be negative")
         if self.keep not in KEEP:
             raise ValueError(f"--keep must be one of {', '.join(KEEP)}, not {self.keep!r}")
 
@@ -222,11 +227,21 @@ def balanced_weights(labels: np.ndarray, power: float) -> np.ndarray:
     return weights / weights.sum()
 
 
+def finding_weights(masks: np.ndarray, resolution: int, weight: float) -> torch.Tensor:
+    """(n, 1, R, R) per-pixel loss weights 1 + weight * (the share of the pixel that a finding mask
+    covers). A finding is a few percent of an image and a rare finding a few percent of the images,
+    so under the plain loss the denoiser can leave it out at little cost; this makes it count."""
+    covered = F.interpolate(torch.from_numpy(np.asarray(masks, dtype=np.float32))[:, None],
+                            size=(resolution, resolution), mode="area")
+    return 1.0 + weight * covered
+
+
 class VisionTrainer:
-    """Trains a VisionModel on the training images of a PromptBank into `run_dir`, resuming last.pt."""
+    """Trains a VisionModel on the training images of a PromptBank into `run_dir`, resuming last.pt.
+    `masks` (the training images' finding masks, adm.h5) is needed for --finding-weight."""
 
     def __init__(self, model: VisionModel, bank: PromptBank, options: VisionOptions, run_dir: Path,
-                 header: dict[str, Any], log: Any = tqdm.write):
+                 header: dict[str, Any], log: Any = tqdm.write, masks: np.ndarray | None = None):
         options.validate()
         self.model, self.bank, self.options, self.run_dir, self.header, self.log = (
             model, bank, options, run_dir, header, log)
@@ -237,6 +252,10 @@ class VisionTrainer:
         model.standardise_prompts(bank.text[np.unique(bank.image_study[self.train_rows])], bank.image[self.train_rows])
         self.weights = (balanced_weights(bank.labels[bank.image_study[self.train_rows]], options.balance)
                         if options.balance > 0 else None)
+        if options.finding_weight > 0 and masks is None:
+            raise ValueError("--finding-weight needs the training images' finding masks (adm.h5)")
+        self.pixel_weights = (finding_weights(masks, resolution, options.finding_weight)
+                              if options.finding_weight > 0 else None)
         self.ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
         self.best_ema: dict[str, torch.Tensor] | None = None
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
@@ -258,8 +277,9 @@ class VisionTrainer:
             index[epochs == epoch] = order[positions[epochs == epoch] % n]
         return index
 
-    def _batch(self, step: int) -> tuple[torch.Tensor, Prompts, torch.Generator]:
-        """The images, prompts and random generator of training step `step` (a function of seed and step)."""
+    def _batch(self, step: int) -> tuple[torch.Tensor, Prompts, torch.Generator, torch.Tensor | None]:
+        """The images, prompts, random generator and loss weights (None: plain loss) of training
+        step `step` (a function of seed and step)."""
         seed = self.options.seed
         index = self.indices(step)
         rows = self.train_rows[index]
@@ -267,11 +287,13 @@ class VisionTrainer:
         references = self.bank.references(self.bank.labels[studies], self.bank.view[rows], studies,
                                           np.random.default_rng([seed, step, 1]))
         generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
-        return self.train_images[index], self.bank.prompts(studies, references, self.bank.view[rows]), generator
+        weights = None if self.pixel_weights is None else self.pixel_weights[index]
+        return self.train_images[index], self.bank.prompts(studies, references, self.bank.view[rows]), generator, weights
 
     @torch.no_grad()
     def validation_loss(self, weights: dict[str, torch.Tensor], draws: int = 4) -> float:
-        """Mean denoising loss on the validation images with fixed references, timesteps and noise."""
+        """Mean denoising loss on the validation images with fixed references, timesteps and noise
+        (always the plain loss, so runs with and without --finding-weight compare)."""
         if not len(self.val_rows):
             return math.nan
         current = {k: v.clone() for k, v in self.model.state_dict().items()}
@@ -329,8 +351,9 @@ class VisionTrainer:
         bar = tqdm(range(self.state["step"], options.steps), desc="train-vision", unit="step",
                    initial=self.state["step"], total=options.steps)
         for step in bar:
-            images, prompts, generator = self._batch(step)
-            loss = self.model.loss(images.to(self.model.device), prompts.to(self.model.device), generator)
+            images, prompts, generator, weights = self._batch(step)
+            loss = self.model.loss(images.to(self.model.device), prompts.to(self.model.device), generator,
+                                   None if weights is None else weights.to(self.model.device))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
