@@ -42,10 +42,10 @@ demo-prior: setup $(DEMO)/labels.h5 $(foreach run,$(PRIOR_RUNS),$(DEMO)/pretrain
 # paper's comparison) to the table.
 SYNTH := $(ART)/synthetic/demo
 VISION := $(DEMO)/synthesize/vision
-$(VISION)/vision.pt: $(DEMO)/dataset.h5 $(DEMO)/labels.h5 $(DEMO)/features.h5 pipelines/demo.toml
+$(VISION)/vision.pt: $(DEMO)/dataset.h5 $(DEMO)/labels.h5 $(DEMO)/features.h5 $(DEMO)/adm.h5 pipelines/demo.toml
 	$(RRG) synthesize train-vision --dataset demo --artifacts $(ART)
 
-$(DEMO)/synthesize/vision-text/vision.pt: $(DEMO)/dataset.h5 $(DEMO)/labels.h5 $(DEMO)/features.h5 pipelines/demo.toml
+$(DEMO)/synthesize/vision-text/vision.pt: $(DEMO)/dataset.h5 $(DEMO)/labels.h5 $(DEMO)/features.h5 $(DEMO)/adm.h5 pipelines/demo.toml
 	$(RRG) synthesize train-vision --dataset demo --artifacts $(ART) --prompt text --name vision-text
 
 $(DEMO)/synthesize/%/evaluation_test.json: $(DEMO)/synthesize/%/vision.pt $(DEMO)/adm.h5
