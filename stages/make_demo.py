@@ -20,7 +20,9 @@ _SHARED_SPLIT = Path(__file__).resolve().parents[1].parent / "shared" / "data" /
 @click.command("make-demo")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default="artifacts/demo/raw",
               show_default=True, help="Folder to write the R2Gen-layout demo dataset to.")
-@click.option("--n-studies", type=int, help="Studies to share among the splits in the pool's proportions (the test split's share gives way to --test-studies) [400, pipelines/demo.toml].")
+@click.option("--n-studies", type=int,
+              help="Studies to share among the splits in the pool's proportions (the test split's share "
+                   "gives way to --test-studies) [400, pipelines/demo.toml].")
 @click.option("--test-studies", type=int,
               help="Studies in the test split, drawn after the training and validation studies (which "
                    "it does not change); -1: the test split's share of --n-studies [300, "
