@@ -132,10 +132,8 @@ def train_vision(ctx: StageContext, name: str, device: str, **hyper: Any) -> Non
         with usage_errors():  # before a finished run of other options is cleared for this one
             config.validate()
             training.validate()
-        masks = None
         if training.finding_weight > 0:
             inputs["adm"] = ctx.input("adm.h5")
-            masks = read_masks(inputs["adm"], bank.image_rows("train"))
         features = read_manifest(inputs["features"])["options"]
         run_options = {"model": config.to_dict(), "train": dataclasses.asdict(training), "views": bank.view_names}
         run_dir, vision_pt = _vision_run(ctx, name)
@@ -146,6 +144,7 @@ def train_vision(ctx: StageContext, name: str, device: str, **hyper: Any) -> Non
         run_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(ctx.seed)
         model = VisionModel(config).to(device)
+        masks = read_masks(inputs["adm"], bank.image_rows("train")) if "adm" in inputs else None
         trainer = VisionTrainer(model, bank, training, run_dir, header, masks=masks)
         click.echo(f"[{ctx.stage}] {config.prompt} prompt, {config.resolution} px U-Net ({sum(p.numel() for p in model.parameters()):,} "
                    f"parameters) on {len(trainer.train_rows)} training images ({len(trainer.val_rows)} for the validation "
