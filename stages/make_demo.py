@@ -53,8 +53,9 @@ def command(out: Path, n_studies: int | None, test_studies: int | None, size: in
     options = resolve("demo", "make-demo", {"n_studies": n_studies, "test_studies": test_studies, "size": size,
                                             "abnormal_fraction": abnormal_fraction},
                       required=("n_studies", "test_studies", "size", "abnormal_fraction"))
-    if options["test_studies"] < -1:
-        raise click.BadParameter("must be -1 (proportional share) or a number of studies", param_hint="--test-studies")
+    if options["test_studies"] == 0 or options["test_studies"] < -1:
+        raise click.BadParameter("must be -1 (proportional share) or a number of studies above 0 (evaluate and "
+                                 "probe score the test split)", param_hint="--test-studies")
     if not (options["abnormal_fraction"] == -1 or 0 <= options["abnormal_fraction"] <= 1):
         raise click.BadParameter("must be -1 (natural mix) or between 0 and 1", param_hint="--abnormal-fraction")
     if split_file is None and _SHARED_SPLIT.exists():

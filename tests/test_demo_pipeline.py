@@ -66,9 +66,10 @@ def test_test_split_size_leaves_training_and_validation_studies_alone():
     assert abnormal == 28  # abnormal_fraction applies to the larger split too
 
 
-def test_make_demo_rejects_a_negative_test_split():
-    result = CliRunner().invoke(main, ["make-demo", "--test-studies", "-2", "--out", "unused"])
-    assert result.exit_code == 2 and "--test-studies" in result.output
+@pytest.mark.parametrize("size", ["-2", "0"])
+def test_make_demo_rejects_a_negative_or_empty_test_split(size, tmp_path):
+    result = CliRunner().invoke(main, ["make-demo", "--test-studies", size, "--out", str(tmp_path / "raw")])
+    assert result.exit_code == 2 and "--test-studies" in result.output and not (tmp_path / "raw").exists()
 
 
 def test_demo_is_deterministic(demo, tmp_path):

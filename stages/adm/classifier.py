@@ -173,13 +173,14 @@ def f1_thresholds(targets: np.ndarray, probs: np.ndarray, fallback: float = 0.5,
     return out
 
 
+def auroc(y: np.ndarray, score: np.ndarray) -> float | None:
+    """AUROC of one class; None where it lacks positives or negatives (undefined, not 0.5)."""
+    return float(roc_auc_score(y, score)) if 0 < y.sum() < len(y) else None
+
+
 def class_aurocs(targets: np.ndarray, probs: np.ndarray) -> list[float | None]:
-    """AUROC per class; None where the class lacks positives or negatives."""
-    out: list[float | None] = []
-    for k in range(targets.shape[1]):
-        y = targets[:, k]
-        out.append(float(roc_auc_score(y, probs[:, k])) if 0 < y.sum() < len(y) else None)
-    return out
+    """AUROC per class (column)."""
+    return [auroc(targets[:, k], probs[:, k]) for k in range(targets.shape[1])]
 
 
 def macro(values: Sequence[float | None]) -> float | None:

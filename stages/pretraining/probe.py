@@ -22,11 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
-from stages.adm.classifier import class_aurocs
+from stages.adm.classifier import auroc, class_aurocs
 from stages.evaluation.bootstrap import interval
 from stages.labeling.observations import OBSERVATIONS
 from stages.pretraining.data import PairSource
@@ -116,10 +115,6 @@ def compare_probes(a: dict[str, Any], b: dict[str, Any], k: int = 5) -> dict[str
             "classes": names}
 
 
-def _auroc(y: np.ndarray, score: np.ndarray) -> float | None:
-    return float(roc_auc_score(y, score)) if 0 < y.sum() < len(y) else None
-
-
 def macro_auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     """Mean AUROC over the columns of (n, C) labels and scores; None when a column lacks positives or negatives."""
     values = class_aurocs(labels, scores)
@@ -139,7 +134,7 @@ def zero_shot(model: PriorModel, image: np.ndarray, labels: np.ndarray, min_posi
     embedded = _normalise(model.embed_texts(texts).float().cpu().numpy())
     sims = _normalise(image) @ embedded.T
     scores = sims[:, 0::2] - sims[:, 1::2]
-    per_class = {name: _auroc(labels[:, k], scores[:, k]) for k, name in enumerate(OBSERVATIONS)}
+    per_class = {name: auroc(labels[:, k], scores[:, k]) for k, name in enumerate(OBSERVATIONS)}
     counts = {name: int(labels[:, k].sum()) for k, name in enumerate(OBSERVATIONS)}
     macro, used = _macro(per_class, counts, len(labels), min_positives)
     return {"macro_auroc": macro, "macro_over": used, "per_class": per_class, "positives": counts,
@@ -156,7 +151,7 @@ def linear_probe(features: dict[str, np.ndarray], labels: dict[str, np.ndarray],
     for c in c_grid:
         fitted = {k: LogisticRegression(C=c, class_weight="balanced", max_iter=2000, random_state=seed)
                   .fit(x["train"], labels["train"][:, k]) for k in classes}
-        val = [_auroc(labels["val"][:, k], fitted[k].decision_function(x["val"])) for k in classes]
+        val = [auroc(labels["val"][:, k], fitted[k].decision_function(x["val"])) for k in classes]
         val = [v for v in val if v is not None]
         score = float(np.mean(val)) if val else -np.inf
         if best is None or score > best[0]:
@@ -165,7 +160,7 @@ def linear_probe(features: dict[str, np.ndarray], labels: dict[str, np.ndarray],
     val_score, c, fitted = best
     y = labels[split]
     scores = {k: fitted[k].decision_function(x[split]) for k in fitted}
-    per_class = {name: (_auroc(y[:, k], scores[k]) if k in scores else None) for k, name in enumerate(OBSERVATIONS)}
+    per_class = {name: (auroc(y[:, k], scores[k]) if k in scores else None) for k, name in enumerate(OBSERVATIONS)}
     counts = {name: int(y[:, k].sum()) for k, name in enumerate(OBSERVATIONS)}
     macro, used = _macro(per_class, counts, len(y), min_positives)
     columns = [OBSERVATIONS.index(name) for name in used]
