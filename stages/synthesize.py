@@ -28,8 +28,8 @@ from stages.models.image_encoders import build_image_encoder
 from stages.synthesis.evaluation import evaluate_vision
 from stages.synthesis.pairs import SyntheticStudy, build_dataset, write_r2gen
 from stages.synthesis.prompts import PromptBank, plan_prompts, to_uint8
-from stages.synthesis.vision import (VisionConfig, VisionModel, VisionOptions, VisionTrainer, load_vision, sample,
-                                     save_vision)
+from stages.synthesis.vision import (RUN_LENGTH, VisionConfig, VisionModel, VisionOptions, VisionTrainer, load_vision,
+                                     sample, save_vision)
 from stages.text.vocab import Vocabulary
 from stages.training.inference import image_predictions
 
@@ -117,7 +117,8 @@ def train_vision(ctx: StageContext, name: str, device: str, **hyper: Any) -> Non
     condition dropout for classifier-free guidance.
 
     Writes ARTIFACTS/<dataset>/synthesize/<name>/: vision.pt (EMA weights), run.json, log.jsonl,
-    curves.png and last.pt: rerun the same command after an interruption and it continues.
+    curves.png and last.pt: rerun the same command after an interruption and it continues; rerun
+    it with more --steps (nothing else changed) and the finished run trains on to them.
     """
     inputs = _inputs(ctx)
     options = resolve(ctx.dataset, "synthesize", hyper, variant="train-vision")
@@ -140,7 +141,8 @@ def train_vision(ctx: StageContext, name: str, device: str, **hyper: Any) -> Non
         if ctx.up_to_date([vision_pt], run_options, inputs):
             return
         header = run_header(run_options, inputs)
-        clear_stale_run(run_dir, vision_pt.name, header, ctx.force, lambda line: click.echo(f"[{ctx.stage}] {line}"))
+        clear_stale_run(run_dir, vision_pt.name, header, ctx.force, lambda line: click.echo(f"[{ctx.stage}] {line}"),
+                        RUN_LENGTH)
         run_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(ctx.seed)
         model = VisionModel(config).to(device)

@@ -20,6 +20,7 @@ from scipy import linalg
 from conftest import copy_chain, invoke, train  # tests/ is on sys.path under pytest
 from stages.adm.masks import read_masks
 from stages.core.artifacts import check_input, read_manifest
+from stages.core.checkpoints import extends
 from stages.data.h5dataset import DatasetFile
 from stages.data.r2gen import read_r2gen
 from stages.preprocess import check_records
@@ -329,6 +330,32 @@ def test_train_vision_killed_mid_run_resumes_to_the_same_weights(synth, tmp_path
     output = invoke(*args, "--lr", 0.01)
     assert "finished run with other options" in output and "resuming" not in output
     assert read_manifest(run / "vision.pt")["options"]["train"]["lr"] == 0.01
+
+
+def test_train_vision_given_more_steps_continues_a_finished_run_to_the_longer_runs_weights(synth, tmp_path):
+    short = copy_chain(synth, tmp_path / "short")
+    shutil.rmtree(short / "demo" / "synthesize")
+    args = ("synthesize", "train-vision", "--dataset", "demo", "--artifacts", short, *VISION, "--checkpoint-every", 2)
+    invoke(*args, "--steps", 2)
+    assert "continuing the finished run at step 2 of 4" in invoke(*args, "--steps", 4)
+    run = short / "demo" / "synthesize" / "vision"
+    longer = torch.load(run / "vision.pt", weights_only=True)["model"]
+    whole = torch.load(synth / "demo" / "synthesize" / "vision" / "vision.pt", weights_only=True)["model"]
+    assert all(torch.equal(longer[k], whole[k]) for k in whole)
+    assert read_manifest(run / "vision.pt")["options"]["train"]["steps"] == 4
+    # fewer steps than the finished run: another job, trained afresh
+    output = invoke(*args, "--steps", 3)
+    assert "finished run with other options" in output and "continuing" not in output
+
+
+def test_a_run_extends_another_only_by_a_larger_length():
+    header = {"options": {"train": {"steps": 4, "lr": 0.1}}, "inputs": {"a": "x"}}
+    longer = {"options": {"train": {"steps": 6, "lr": 0.1}}, "inputs": {"a": "x"}}
+    assert extends(header, longer, ("train", "steps")) and not extends(longer, header, ("train", "steps"))
+    assert not extends(header, longer, None) and not extends(header, header, ("train", "steps"))
+    other = {"options": {"train": {"steps": 6, "lr": 0.2}}, "inputs": {"a": "x"}}
+    assert not extends(header, other, ("train", "steps"))
+    assert not extends(header, {**longer, "inputs": {"a": "y"}}, ("train", "steps"))
 
 
 @pytest.fixture(scope="module")

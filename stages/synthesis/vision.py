@@ -4,7 +4,8 @@ Training draws, per step, a batch of training images, a reference image for each
 a timestep, noise, and which samples lose their prompt (classifier-free guidance's condition
 dropout: the prompt is replaced by learned null embeddings, the view is kept). All of it comes
 from generators seeded by (seed, step), so a run resumed from last.pt takes exactly the steps an
-uninterrupted run would. The weights kept are an exponential moving average (EMA) of the trained
+uninterrupted run would; and since the learning rate is constant after its warm-up, a finished run
+given more --steps continues from its last.pt to exactly the weights of the longer run. The weights kept are an exponential moving average (EMA) of the trained
 ones, which is what diffusion models sample with: by default those of the checkpoint with the lowest
 validation denoising loss, so that a step budget past the point where a small dataset is overfitted
 costs time, not quality.
@@ -187,6 +188,9 @@ def load_vision(path: Path, device: str = "cpu") -> tuple[VisionModel, dict[str,
 
 # which EMA weights vision.pt keeps: those of the lowest validation loss, or the final ones
 KEEP = ("best", "last")
+# the key path, in a run's header options (synthesize train-vision's), of the one option a finished
+# run may be continued to a larger value of (checkpoints.extends)
+RUN_LENGTH = ("train", "steps")
 
 
 @dataclass
@@ -321,7 +325,7 @@ class VisionTrainer:
                 "state": self.state}
 
     def resume(self) -> None:
-        saved = load_checkpoint(self.run_dir / "last.pt", self.header, self.model.device, "vision run")
+        saved = load_checkpoint(self.run_dir / "last.pt", self.header, self.model.device, "vision run", RUN_LENGTH)
         if saved is None:
             (self.run_dir / "log.jsonl").unlink(missing_ok=True)  # left by a run that never reached a checkpoint
             return
@@ -335,7 +339,9 @@ class VisionTrainer:
             kept = [line for line in log.read_text().splitlines()
                     if line.strip() and json.loads(line)["step"] <= self.state["step"]]
             log.write_text("".join(line + "\n" for line in kept))
-        self.log(f"resuming at step {self.state['step']} of {self.options.steps}")
+        longer = saved["header"] != self.header
+        self.log(f"{'continuing the finished run' if longer else 'resuming'} at step {self.state['step']} "
+                 f"of {self.options.steps}")
 
     def _log(self, record: dict[str, Any]) -> None:
         with open(self.run_dir / "log.jsonl", "a") as handle:
