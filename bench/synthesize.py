@@ -91,8 +91,9 @@ def main() -> None:
     tables = {"frechet": frechet_table(results), "auroc": auroc_table(results), "training": training}
     first = results[vision[0]]
     m = machine()
-    modules = ", ".join(f"{n} ({r['prompt']} prompt, {r['vision_steps']} steps, {r['vision_seconds_per_step']:.2f} "
-                        "s/step)" for n, r in results.items())
+    modules = ", ".join(f"{n} ({r['prompt']} prompt, finding weight {r.get('finding_weight', 0):g}, "
+                        f"{r['vision_steps']} steps (weights of step {r.get('vision_kept_step', r['vision_steps'])} "
+                        f"kept), {r['vision_seconds_per_step']:.2f} s/step)" for n, r in results.items())
     text = (f"# CXR-IRGen on {args.dataset}: synthetic image-report pairs\n\n"
             f"Vision module: {modules}; "
             f"sampling: DDIM {first['ddim_steps']} steps, guidance {first['guidance']}, "

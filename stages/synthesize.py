@@ -290,8 +290,9 @@ def evaluate(ctx: StageContext, run_name: str, split: str | None, guidance: floa
     ones (floor: real against real; baselines: noise and the mean image), the diagnosis
     classifier's per-class AUROC on them against the prompt reports' labels, and an image grid.
 
-    Writes ARTIFACTS/<dataset>/synthesize/<run>/evaluation_<split>.json, grid_<split>.png and
-    samples_<split>.npz (the generated images).
+    Writes ARTIFACTS/<dataset>/synthesize/<run>/evaluation_<split>.json, grid_<split>.png,
+    contrasts_<split>.png (for each visible finding and view, the mean image with the finding minus
+    the mean without it, real and generated side by side) and samples_<split>.npz (the images).
     """
     options = _sampling_options(ctx, "evaluate", {"split": split, "guidance": guidance, "ddim_steps": ddim_steps,
                                                    "batch_size": batch_size})
@@ -313,7 +314,8 @@ def evaluate(ctx: StageContext, run_name: str, split: str | None, guidance: floa
             model, bank, plan, diagnosis, encoder, input_size=int(features["input_size"]),
             guidance=options["guidance"], steps=options["ddim_steps"], seed=ctx.seed,
             batch_size=options["batch_size"], components=components,
-            grid=run_dir / f"grid_{options['split']}.png", grid_size=grid_rows)
+            grid=run_dir / f"grid_{options['split']}.png", grid_size=grid_rows,
+            contrast_maps=run_dir / f"contrasts_{options['split']}.png")
         with atomic_output(run_dir / f"samples_{options['split']}.npz") as tmp:
             with open(tmp, "wb") as handle:
                 np.savez_compressed(handle, images=generated, study=np.asarray(bank.data.ids)[plan.studies][
@@ -324,6 +326,8 @@ def evaluate(ctx: StageContext, run_name: str, split: str | None, guidance: floa
         bank.close()
     results.update(split=options["split"], prompt=vision_info["prompt"], guidance=options["guidance"],
                    ddim_steps=options["ddim_steps"], vision_steps=vision_info["steps"],
+                   vision_kept_step=vision_info["kept_step"],
+                   finding_weight=read_manifest(inputs["vision"])["options"]["train"]["finding_weight"],
                    vision_seconds_per_step=vision_info["seconds_per_step"], run=run_name)
     write_json_atomic(output, results)
     generated_auroc = results["clinical_auroc"]["generated"]

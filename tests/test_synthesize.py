@@ -24,9 +24,10 @@ from stages.core.checkpoints import extends
 from stages.data.h5dataset import DatasetFile
 from stages.data.r2gen import read_r2gen
 from stages.preprocess import check_records
-from stages.synthesis.evaluation import MIN_POSITIVES
-from stages.synthesis.prompts import PromptBank, Prompts, plan_prompts
-from stages.synthesis.quality import frechet_distance
+from stages.labeling.observations import OBSERVATIONS
+from stages.synthesis.evaluation import MIN_POSITIVES, contrasts
+from stages.synthesis.prompts import PromptBank, PromptPlan, Prompts, plan_prompts
+from stages.synthesis.quality import finding_contrast, frechet_distance, save_contrasts
 from stages.synthesis.schedule import NoiseSchedule
 from stages.synthesis.vision import (VisionConfig, VisionModel, VisionOptions, VisionTrainer, balanced_weights,
                                     finding_weights, load_vision, sample)
@@ -148,6 +149,38 @@ def test_frechet_distance_is_zero_for_the_same_set_and_grows_with_a_shift():
         cx, cy = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
         formula = ((x.mean(0) - y.mean(0)) ** 2).sum() + np.trace(cx + cy - 2 * linalg.sqrtm(cx @ cy).real)
         assert frechet_distance(x, y) == pytest.approx(formula, rel=1e-6)
+
+
+def test_a_finding_contrast_is_where_the_images_with_it_differ(tmp_path):
+    images = np.zeros((6, 8, 8))
+    positive = np.array([1, 1, 0, 0, 0, 1], dtype=bool)
+    images[positive, 6:, :2] = 30.0  # fluid in one lower corner of the images with the finding
+    contrast = finding_contrast(images, positive)
+    assert contrast[6:, :2] == pytest.approx(np.full((2, 2), 30.0)) and np.abs(contrast).sum() == 30.0 * 4
+    assert finding_contrast(images, np.ones(6, dtype=bool)) is None and finding_contrast(images, np.zeros(6)) is None
+    save_contrasts(tmp_path / "c.png", {"Pleural Effusion": [("real", contrast), ("generated", -contrast)]}, "t")
+    assert (tmp_path / "c.png").stat().st_size > 1000
+
+
+def test_contrast_maps_pair_real_and_generated_images_per_view(tmp_path):
+    studies = np.arange(4)
+    plan = PromptPlan(studies, np.repeat(studies, 2), np.tile([0, 1], 4), np.arange(8), np.arange(8))
+    targets = np.zeros((4, len(OBSERVATIONS)))
+    targets[:3, OBSERVATIONS.index("Cardiomegaly")] = 1  # three positive prompts, one negative
+    real = np.zeros((8, 8, 8))
+    real[:6, 2:6, 2:6] = 40.0  # a larger heart in both views of the positives
+    generated = real.copy()
+    generated[6:, :, :] = 5.0  # and a brighter negative: the maps still match, shifted
+    correlation = contrasts(plan, ["frontal", "lateral"], targets, real, generated, tmp_path / "c.png", "t")
+    assert correlation == {"Cardiomegaly": {"frontal": pytest.approx(1.0), "lateral": pytest.approx(1.0)}}
+    assert (tmp_path / "c.png").exists()
+    generated[:6] = 0.0
+    generated[:6, 6:, :2] = 40.0  # the finding drawn in the wrong place
+    assert contrasts(plan, ["frontal", "lateral"], targets, real, generated, tmp_path / "d.png", "t")[
+        "Cardiomegaly"]["frontal"] < 0
+    generated[:] = 0.0  # or left out: a flat map, no correlation
+    assert contrasts(plan, ["frontal", "lateral"], targets, real, generated, tmp_path / "e.png", "t")[
+        "Cardiomegaly"] == {"frontal": None, "lateral": None}
 
 
 def test_references_share_the_view_and_labels_and_never_the_study(chain):
@@ -448,6 +481,9 @@ def test_evaluate_writes_the_measurements_and_a_grid(synth):
     assert all(v["full"] >= 0 and v["pca3"] >= 0 for v in results["frechet"].values())
     assert results["frechet"]["noise baseline"]["full"] > results["frechet"]["real (floor)"]["full"]
     assert set(results["clinical_auroc"]) == {"generated", "real at 16 px", "real at 64 px"}
+    trained = read_manifest(run / "vision.pt")["options"]["train"]  # the demo's finding weight
+    assert (results["finding_weight"], results["vision_steps"], results["vision_kept_step"]) == (
+        trained["finding_weight"], 4, 4) and trained["finding_weight"] > 0
     spans = results["clinical_auroc"]["generated"]["intervals"]
     assert set(spans) == {"Cardiomegaly", "Pleural Effusion", "Pneumothorax", "Support Devices"}
     for name, bounds in spans.items():
@@ -459,6 +495,10 @@ def test_evaluate_writes_the_measurements_and_a_grid(synth):
     with np.load(run / "samples_test.npz") as samples:
         assert samples["images"].shape == (results["images"], 64, 64)
     assert (run / "grid_test.png").stat().st_size > 1000
+    correlation = results["contrast_correlation"]
+    assert set(correlation) <= {n for n in spans if results["positives"][n] >= MIN_POSITIVES}
+    assert all(r is None or -1 <= r <= 1 for views in correlation.values() for r in views.values())
+    assert (run / "contrasts_test.png").exists() == bool(correlation)
 
 
 def test_synthesize_refuses_bad_input(synth, tmp_path):

@@ -14,8 +14,8 @@ from stages.features.extract import encode_images
 from stages.labeling.observations import NO_FINDING, OBSERVATIONS
 from stages.models.image_encoders import ImageEncoder
 from stages.synthesis.prompts import PromptBank, PromptPlan, to_resolution, to_uint8
-from stages.synthesis.quality import (frechet_distance, halves, mean_images, noise_images, principal_axes,
-                                      save_grid)
+from stages.synthesis.quality import (finding_contrast, frechet_distance, halves, mean_images, noise_images,
+                                      principal_axes, save_contrasts, save_grid)
 from stages.synthesis.vision import VisionModel, sample
 
 # findings the demo's phantoms draw visibly; the issue's target is AUROC >= 0.75 on each
@@ -52,6 +52,31 @@ def study_aurocs(diagnosis: Diagnosis, images: np.ndarray, plan: PromptPlan, tar
             "visible_macro": macro([aurocs[OBSERVATIONS.index(c)] for c in VISIBLE]), "intervals": spans}
 
 
+def contrasts(plan: PromptPlan, view_names: list[str], targets: np.ndarray, real: np.ndarray, generated: np.ndarray,
+              path: Path, title: str) -> dict[str, dict[str, float | None]]:
+    """Contrast maps of the visible findings with enough positive prompts, real against generated in
+    each view (a PNG), and the correlation of each pair of maps."""
+    per_image = targets[plan.image_study]
+    rows: dict[str, list[tuple[str, np.ndarray]]] = {}
+    correlation: dict[str, dict[str, float | None]] = {}
+    for name in VISIBLE:
+        k = OBSERVATIONS.index(name)
+        if targets[:, k].sum() < MIN_POSITIVES:
+            continue
+        for v, view in enumerate(view_names):
+            shown = plan.views == v
+            pair = [finding_contrast(images[shown], per_image[shown, k]) for images in (real, generated)]
+            if pair[0] is None or pair[1] is None:
+                continue
+            rows.setdefault(name, []).extend([(f"real, {view}", pair[0]), (f"generated, {view}", pair[1])])
+            flat = min(pair[0].std(), pair[1].std()) == 0  # a map without contrast correlates with nothing
+            correlation.setdefault(name, {})[view] = None if flat else float(
+                np.corrcoef(pair[0].ravel(), pair[1].ravel())[0, 1])
+    if rows:
+        save_contrasts(path, rows, title)
+    return correlation
+
+
 def grid_rows(plan: PromptPlan, labels: np.ndarray, rows: int) -> list[int]:
     """Synthetic studies to show: the first prompt of each visible finding, then normal ones, then the rest."""
     chosen: list[int] = []
@@ -66,7 +91,8 @@ def grid_rows(plan: PromptPlan, labels: np.ndarray, rows: int) -> list[int]:
 
 def evaluate_vision(model: VisionModel, bank: PromptBank, plan: PromptPlan, diagnosis: Diagnosis,
                     encoder: ImageEncoder, *, input_size: int, guidance: float, steps: int, seed: int,
-                    batch_size: int, components: int, grid: Path, grid_size: int) -> tuple[dict[str, Any], np.ndarray]:
+                    batch_size: int, components: int, grid: Path, grid_size: int, contrast_maps: Path
+                    ) -> tuple[dict[str, Any], np.ndarray]:
     """Generate an image for every image of the plan and measure it; returns (results, generated images)."""
     size, resolution = bank.data.image_size, model.config.resolution
     started = time.time()
@@ -102,8 +128,12 @@ def evaluate_vision(model: VisionModel, bank: PromptBank, plan: PromptPlan, diag
     save_grid(grid, [real[plan.image_study == i] for i in shown], [generated[plan.image_study == i] for i in shown],
               [c.replace("Pleural ", "").replace("Support Devices", "Devices") for c in captions],
               f"{model.config.prompt} prompt, guidance {guidance}, {steps} DDIM steps: real (left) and generated")
+    correlation = contrasts(plan, bank.view_names, targets, real_low, generated, contrast_maps,
+                            "mean image with the finding minus without it (grey levels): real (at "
+                            f"{resolution} px and back) and generated for the same prompts")
     results = {"studies": len(plan.studies), "images": len(generated), "images_per_half": n,
                "frechet": frechet, "clinical_auroc": clinical, "positives": positives,
+               "contrast_correlation": correlation,
                "sampling_seconds_per_image": seconds_per_image, "targets": {
                    "frechet_below_baselines": frechet["generated"]["full"] < min(
                        frechet["noise baseline"]["full"], frechet["mean-image baseline"]["full"]),

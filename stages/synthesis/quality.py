@@ -1,7 +1,11 @@
 """How good generated images are: a Fréchet distance on the project's image features, the
 diagnosis classifier's agreement with the prompts, and a grid to look at.
 
-The Fréchet distance is FID's formula on the pooled features of the image encoder that
+The contrast map of a finding (the mean image of the studies with it minus that of the studies
+without it, per view) shows where and how strongly the finding changes the picture on average;
+drawn for real and generated images of the same prompts side by side, it tells a finding the
+generator leaves out from one it draws in the wrong place or shape (their correlation is the
+number). The Fréchet distance is FID's formula on the pooled features of the image encoder that
 extract-features used (EfficientNet-Lite0 with ImageNet weights by default, not Inception, which is
 not available offline). It depends on the number of images, so every distance in one evaluation is
 taken between sets of the same size: the prompts' studies are split into two halves, and images
@@ -14,6 +18,7 @@ features (`components`), where the covariances are estimated well.
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +75,42 @@ def halves(studies: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(studies[order[:half]]), np.sort(studies[order[half:2 * half]])
 
 
+def finding_contrast(images: np.ndarray, positive: np.ndarray) -> np.ndarray | None:
+    """Mean of the images with a finding minus the mean of those without, in grey levels (None
+    unless both groups have images)."""
+    positive = np.asarray(positive, dtype=bool)
+    if positive.all() or not positive.any():
+        return None
+    images = np.asarray(images, dtype=np.float64)
+    return images[positive].mean(0) - images[~positive].mean(0)
+
+
+def save_contrasts(path: Path, rows: dict[str, list[tuple[str, np.ndarray]]], title: str) -> None:
+    """A PNG: one row per finding, its (caption, contrast map) panels on one symmetric colour scale
+    (red: brighter where the finding is, as fluid or a device; blue: darker)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = max(len(panels) for panels in rows.values())
+    fig, axes = plt.subplots(len(rows), columns, figsize=(2.0 * columns + 0.6, 2.1 * len(rows)), squeeze=False)
+    for ax_row, (finding, panels) in zip(axes, rows.items()):
+        limit = max(1.0, max(float(np.abs(m).max()) for _, m in panels))
+        for ax, (caption, contrast) in zip(ax_row, panels):
+            shown = ax.imshow(contrast, cmap="RdBu_r", vmin=-limit, vmax=limit)
+            ax.set_title(caption, fontsize=7, pad=2)
+        for ax in ax_row:
+            ax.set_xticks([])
+            ax.set_yticks([])
+        for ax in ax_row[len(panels):]:
+            ax.axis("off")
+        ax_row[0].set_ylabel(finding, fontsize=8)
+        fig.colorbar(shown, ax=list(ax_row), fraction=0.025, pad=0.01).ax.tick_params(labelsize=6)
+    fig.suptitle(title, fontsize=9)
+    save_figure(fig, path, dpi=90)
+
+
 def save_grid(path: Path, real: list[np.ndarray], generated: list[np.ndarray], captions: list[str],
               title: str) -> None:
     """A PNG: one row per prompt, its real views then the generated ones, captioned with its findings."""
@@ -91,7 +132,8 @@ def save_grid(path: Path, real: list[np.ndarray], generated: list[np.ndarray], c
                 ax.set_title(kind, fontsize=7, pad=2)
             else:
                 ax.axis("off")
-        axes[row][0].set_ylabel(caption, fontsize=6, rotation=0, ha="right", va="center", labelpad=4)
+        axes[row][0].set_ylabel("\n".join(textwrap.wrap(caption, 22)), fontsize=6, rotation=0, ha="right",
+                                va="center", labelpad=4)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     save_figure(fig, path, dpi=90)
