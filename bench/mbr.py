@@ -1,13 +1,15 @@
-"""Benchmark: beam search against minimum Bayes risk (MBR) decoding of one trained checkpoint.
+"""Benchmark: beam search against longer decodings (length penalty, MBR) of one trained checkpoint.
 
 Beam search finds short reports (the most probable report is shorter than a typical one), and
 BLEU's brevity penalty charges for it. This decodes the validation and test splits of a trained
-run with beam 3 (the protocol) and with MBR over --samples sampled reports for each of --seeds,
-scores each as `evaluate` does (rules labeler), and prints BLEU-4, CE micro-F1, words per report
-and reports per second, with paired bootstrap differences from a baseline run (default: the
-nearest neighbour). The checkpoint stays the one the run selected; `train --mbr-samples` selects
-one under MBR instead. Writes bench/results/mbr_<run>.json and mbr_<run>.md.
+run with beam 3 (the protocol), with beam 3 ranking by log-probability / length ** each of
+--length-penalties, and with MBR over --samples sampled reports for each of --seeds, scores each as
+`evaluate` does (rules labeler), and prints BLEU-4, CE micro-F1, words per report and reports per
+second, with paired bootstrap differences from a baseline run (default: the nearest neighbour).
+The checkpoint stays the one the run selected; `train --mbr-samples` / `--length-penalty` select
+one under that decoding instead. Writes bench/results/mbr_<run>.json and mbr_<run>.md.
 Usage: python bench/mbr.py [--artifacts artifacts] [--run xpronet] [--samples 16] [--seeds 0 1 2 3]
+       [--length-penalties 1.5 3]
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    parser.add_argument("--length-penalties", type=float, nargs="*", default=[1.5, 3.0])
     parser.add_argument("--splits", nargs="+", default=["val", "test"])
     args = parser.parse_args()
     base = args.artifacts / args.dataset
@@ -49,6 +52,7 @@ def main() -> None:
     style = json.loads((base / "dataset.h5.meta.json").read_text())["options"]["clean_style"]
     labeler, labeler_name = load_labeler("rules")
     settings = {"beam 3": [Decoding(3)]}
+    settings.update({f"beam 3, length penalty {lp:g}": [Decoding(3, length_penalty=lp)] for lp in args.length_penalties})
     settings[f"MBR {args.samples}"] = [Decoding(mbr_samples=args.samples, mbr_temperature=args.temperature, seed=seed)
                                        for seed in args.seeds]
     rows = []
@@ -75,11 +79,12 @@ def main() -> None:
                                  "reports_per_s": len(predictions) / seconds,
                                  "bleu4_vs_baseline": gap["BLEU_4"], "ce_micro_f1_vs_baseline": gap["CE_micro_F1"]})
                     row = rows[-1]
-                    print(f"{split:5s} {name:7s} seed {str(row['seed']):4s} BLEU-4 {row['bleu4']:.3f} "
+                    print(f"{split:5s} {name:26s} seed {str(row['seed']):4s} BLEU-4 {row['bleu4']:.3f} "
                           f"({format_interval(gap['BLEU_4']['interval'], signed=True)} vs {args.baseline}), CE micro-F1 "
                           f"{row['ce_micro_f1']:.3f}, {row['words']:.1f} words, {row['reports_per_s']:.1f} reports/s")
     results = {**machine(), "run": str(run_dir.relative_to(args.artifacts)), "baseline": args.baseline,
                "samples": args.samples, "temperature": args.temperature, "seeds": args.seeds,
+               "length_penalties": args.length_penalties,
                "labeler": labeler_name, "rows": rows}
     write_results(f"mbr_{args.run}", results)
     table(results, RESULTS / f"mbr_{args.run}.md")
