@@ -4,8 +4,8 @@ Reads evaluation_<split>.json of vision runs (`rrg-stage synthesize evaluate`; b
 synthesize/vision, CXR-IRGen's text+image prompt, and synthesize/vision-text, the report alone, when
 it exists) and metrics_<split>.json of two report generators trained alike but for --extra-data
 (runs/base and runs/base-synthetic), checks that each is current, and writes
-bench/results/synthesize.md / .json, one CSV per table, and the first run's image grid as
-bench/results/synthesize_grid.png.
+bench/results/synthesize.md / .json, one CSV per table, and the first run's image grid and contrast
+maps as bench/results/synthesize_grid.png and synthesize_contrasts.png.
 Usage: python bench/synthesize.py [--artifacts artifacts] [--dataset demo] [--split test]
        [--vision vision vision-text] [--runs base base-synthetic]
 """
@@ -49,6 +49,15 @@ def frechet_table(results: dict[str, dict]) -> pd.DataFrame:
     return pd.DataFrame(rows).rename(columns={"full": "Fréchet (1280-d)", pca: f"Fréchet (PCA-{pca[3:]})"})
 
 
+def contrast_table(results: dict[str, dict]) -> pd.DataFrame:
+    """Per visible finding and view: how well each run's contrast map matches the real one (correlation)."""
+    keys = dict.fromkeys((finding, view) for r in results.values()
+                         for finding, views in r.get("contrast_correlation", {}).items() for view in views)
+    return pd.DataFrame([{"finding": finding, "view": view,
+                          **{name: r.get("contrast_correlation", {}).get(finding, {}).get(view)
+                             for name, r in results.items()}} for finding, view in keys])
+
+
 def auroc_table(results: dict[str, dict]) -> pd.DataFrame:
     """Per observation: positives among the prompts, AUROC on each run's images and on real images."""
     first = next(iter(results.values()))
@@ -88,7 +97,8 @@ def main() -> None:
     training.insert(2, "extra training pairs", [(runs[n].get("extra_data") or {}).get("train_studies", 0)
                                                 for n in args.runs])
     training.insert(3, "best epoch", [runs[n]["best_epoch"] for n in args.runs])
-    tables = {"frechet": frechet_table(results), "auroc": auroc_table(results), "training": training}
+    tables = {"frechet": frechet_table(results), "auroc": auroc_table(results), "contrast": contrast_table(results),
+              "training": training}
     first = results[vision[0]]
     m = machine()
     modules = ", ".join(f"{n} ({r['prompt']} prompt, finding weight {r.get('finding_weight', 0):g}, "
@@ -107,6 +117,12 @@ def main() -> None:
             + to_markdown(tables["frechet"])
             + "\n## Clinical agreement: the diagnosis classifier (diagnosis.pt) on the images, AUROC against the "
               "prompt reports' labels (study = maximum over views)\n\n" + to_markdown(tables["auroc"])
+            + "\n## Where the findings are drawn: contrast maps\n\n"
+              "The mean image of the prompts with a finding minus that of the prompts without it, per view, for the "
+              "real images and the generated ones; the correlation of the two maps (1: drawn where and as strongly, "
+              "relatively, as in the real images; blank: fewer than 3 positive prompts, or a run evaluated before "
+              "the maps existed). The first run's maps: synthesize_contrasts.png.\n\n"
+            + (to_markdown(tables["contrast"]) if len(tables["contrast"]) else "(no run has contrast maps)\n")
             + f"\n## Report generation with synthetic pairs added to training ({args.split} split)\n\n"
               "Same model, options and epochs; the second run also trains on the synthetic training pairs "
               "(rrg-stage train --extra-data).\n\n" + to_markdown(training))
@@ -117,8 +133,12 @@ def main() -> None:
     (RESULTS / "synthesize.json").write_text(json.dumps({"machine": m, "vision": results, "training": {
         n: {"run": runs[n], "metrics": metrics[n]} for n in args.runs}}, indent=2, default=str) + "\n")
     shutil.copyfile(base / "synthesize" / vision[0] / f"grid_{args.split}.png", RESULTS / "synthesize_grid.png")
+    maps = base / "synthesize" / vision[0] / f"contrasts_{args.split}.png"
+    if maps.exists():
+        shutil.copyfile(maps, RESULTS / "synthesize_contrasts.png")
     print(text)
-    print(f"wrote bench/results/synthesize.md, .json, synthesize_{{{','.join(tables)}}}.csv and synthesize_grid.png")
+    print(f"wrote bench/results/synthesize.md, .json, synthesize_{{{','.join(tables)}}}.csv, synthesize_grid.png"
+          f"{' and synthesize_contrasts.png' if maps.exists() else ''}")
 
 
 if __name__ == "__main__":
