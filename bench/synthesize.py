@@ -120,7 +120,7 @@ def main() -> None:
             + "\n## Where the findings are drawn: contrast maps\n\n"
               "The mean image of the prompts with a finding minus that of the prompts without it, per view, for the "
               "real images and the generated ones; the correlation of the two maps (1: drawn where and as strongly, "
-              "relatively, as in the real images; blank: fewer than 3 positive prompts, or a run evaluated before "
+              "relatively, as in the real images; -: fewer than 3 positive prompts, or a run evaluated before "
               "the maps existed). The first run's maps: synthesize_contrasts.png.\n\n"
             + (to_markdown(tables["contrast"]) if len(tables["contrast"]) else "(no run has contrast maps)\n")
             + f"\n## Report generation with synthetic pairs added to training ({args.split} split)\n\n"
