@@ -370,7 +370,7 @@ def test_train_vision_given_more_steps_continues_a_finished_run_to_the_longer_ru
     shutil.rmtree(short / "demo" / "synthesize")
     args = ("synthesize", "train-vision", "--dataset", "demo", "--artifacts", short, *VISION, "--checkpoint-every", 2)
     invoke(*args, "--steps", 2)
-    assert "continuing the finished run at step 2 of 4" in invoke(*args, "--steps", 4)
+    assert "training the 2-step run on from step 2 to 4" in invoke(*args, "--steps", 4)
     run = short / "demo" / "synthesize" / "vision"
     longer = torch.load(run / "vision.pt", weights_only=True)["model"]
     whole = torch.load(synth / "demo" / "synthesize" / "vision" / "vision.pt", weights_only=True)["model"]
@@ -378,7 +378,7 @@ def test_train_vision_given_more_steps_continues_a_finished_run_to_the_longer_ru
     assert read_manifest(run / "vision.pt")["options"]["train"]["steps"] == 4
     # fewer steps than the finished run: another job, trained afresh
     output = invoke(*args, "--steps", 3)
-    assert "finished run with other options" in output and "continuing" not in output
+    assert "finished run with other options" in output and "run on from" not in output
 
 
 def test_a_run_extends_another_only_by_a_larger_length():

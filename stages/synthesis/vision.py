@@ -4,11 +4,11 @@ Training draws, per step, a batch of training images, a reference image for each
 a timestep, noise, and which samples lose their prompt (classifier-free guidance's condition
 dropout: the prompt is replaced by learned null embeddings, the view is kept). All of it comes
 from generators seeded by (seed, step), so a run resumed from last.pt takes exactly the steps an
-uninterrupted run would; and since the learning rate is constant after its warm-up, a finished run
-given more --steps continues from its last.pt to exactly the weights of the longer run. The weights kept are an exponential moving average (EMA) of the trained
-ones, which is what diffusion models sample with: by default those of the checkpoint with the lowest
-validation denoising loss, so that a step budget past the point where a small dataset is overfitted
-costs time, not quality.
+uninterrupted run would; and since the learning rate is constant after its warm-up, a run given
+more --steps continues from its last.pt and trains exactly the weights of the longer run. The
+weights kept are an exponential moving average (EMA) of the trained ones, which is what diffusion
+models sample with: by default those of the checkpoint with the lowest validation denoising loss,
+so that a step budget past the point where a small dataset is overfitted costs time, not quality.
 
 A run directory holds last.pt (weights, EMA, the best EMA so far, optimizer, step), log.jsonl
 (training windows and validation denoising losses), curves.png and, at the end, vision.pt (the kept
@@ -339,9 +339,11 @@ class VisionTrainer:
             kept = [line for line in log.read_text().splitlines()
                     if line.strip() and json.loads(line)["step"] <= self.state["step"]]
             log.write_text("".join(line + "\n" for line in kept))
-        longer = saved["header"] != self.header
-        self.log(f"{'continuing the finished run' if longer else 'resuming'} at step {self.state['step']} "
-                 f"of {self.options.steps}")
+        if saved["header"] != self.header:  # a run of fewer steps (checkpoints.extends)
+            self.log(f"training the {saved['header']['options']['train']['steps']}-step run on from step "
+                     f"{self.state['step']} to {self.options.steps}")
+        else:
+            self.log(f"resuming at step {self.state['step']} of {self.options.steps}")
 
     def _log(self, record: dict[str, Any]) -> None:
         with open(self.run_dir / "log.jsonl", "a") as handle:
