@@ -327,7 +327,8 @@ def evaluate(ctx: StageContext, run_name: str, split: str | None, guidance: floa
     results.update(split=options["split"], prompt=vision_info["prompt"], guidance=options["guidance"],
                    ddim_steps=options["ddim_steps"], vision_steps=vision_info["steps"],
                    vision_kept_step=vision_info["kept_step"],
-                   finding_weight=read_manifest(inputs["vision"])["options"]["train"]["finding_weight"],
+                   # 0: the plain loss, which runs from before --finding-weight existed trained with
+                   finding_weight=read_manifest(inputs["vision"])["options"]["train"].get("finding_weight", 0.0),
                    vision_seconds_per_step=vision_info["seconds_per_step"], run=run_name)
     write_json_atomic(output, results)
     generated_auroc = results["clinical_auroc"]["generated"]

@@ -18,6 +18,7 @@ EMA weights, the configuration and what the prompts were made of).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import time
@@ -340,8 +341,8 @@ class VisionTrainer:
                     if line.strip() and json.loads(line)["step"] <= self.state["step"]]
             log.write_text("".join(line + "\n" for line in kept))
         if saved["header"] != self.header:  # a run of fewer steps (checkpoints.extends)
-            self.log(f"training the {saved['header']['options']['train']['steps']}-step run on from step "
-                     f"{self.state['step']} to {self.options.steps}")
+            shorter = functools.reduce(dict.get, RUN_LENGTH, saved["header"]["options"])
+            self.log(f"training the {shorter}-step run on from step {self.state['step']} to {self.options.steps}")
         else:
             self.log(f"resuming at step {self.state['step']} of {self.options.steps}")
 
