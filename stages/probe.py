@@ -106,7 +106,8 @@ def command(ctx: StageContext, name: str, run_dir: Path | None, split: str, min_
                f">= {min_positives} positives")
     click.echo("  image-to-report " + ", ".join(f"R@{k} {found[f'recall@{k}']:.3f}" for k in KS)
                + f" (R@5{_span(found['intervals']['recall@5'])}) over {found['reports']} reports (chance R@5 "
-                 f"{found['chance@5']:.3f}); brackets: 95% bootstrap interval over the studies")
+                 f"{found['chance@5']:.3f}, from the 14 labels alone {found['label_ceiling']['recall@5']:.3f}); "
+                 "brackets: 95% bootstrap interval over the studies")
     ctx.finish(output, options=options, inputs=inputs,
                counts={"studies": results["studies"], "zero_shot_macro_auroc": zero["macro_auroc"],
                        "linear_probe_macro_auroc": linear["macro_auroc"], "recall@5": found["recall@5"]})

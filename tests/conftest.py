@@ -48,12 +48,12 @@ REPORTS = [
 
 
 def write_r2gen(root: Path, splits: tuple[str, ...] = ("train",) * 5 + ("val", "test", "test"),
-                reports: list[str] | None = None) -> Path:
-    """An R2Gen-layout folder: annotation.json and two PNG views per study."""
+                reports: list[str] | None = None, prefix: str = "CXR") -> Path:
+    """An R2Gen-layout folder: annotation.json and two PNG views per study (ids PREFIX<i>_IM-<i>)."""
     reports = reports or REPORTS
     annotation: dict[str, list] = {"train": [], "val": [], "test": []}
     for i, split in enumerate(splits):
-        study = f"CXR{i}_IM-{i:04d}"
+        study = f"{prefix}{i}_IM-{i:04d}"
         (root / "images" / study).mkdir(parents=True, exist_ok=True)
         for view in range(2):
             Image.fromarray(radiograph(seed=2 * i + view)).save(root / "images" / study / f"{view}.png")

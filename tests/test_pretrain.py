@@ -16,10 +16,12 @@ from conftest import TINY as GENERATOR
 from conftest import invoke, run_killed, write_r2gen  # tests/ is on sys.path under pytest
 from stages.core.artifacts import write_manifest
 from stages.features.extract import encode_images
+from stages.data.h5dataset import DatasetFile
+from stages.pretraining.data import PairSource
 from stages.pretraining.losses import assign, gumbel_temperature, info_nce, matched_reconstruction, within_report_nce
 from stages.pretraining.model import load_checkpoint
 from stages.evaluation.bootstrap import interval
-from stages.pretraining.probe import compare_probes, retrieval
+from stages.pretraining.probe import compare_probes, label_ceiling, retrieval
 from stages.text.clean import split_sentences
 
 # a model small enough to train in seconds; every size is a real CLI option
@@ -86,6 +88,12 @@ def test_sentences_and_retrieval():
     # identical reports are one report: studies 0 and 1 both find "a" first
     found = retrieval(emb[:3], np.stack([emb[0], emb[0], emb[2]]), ["a", "a", "c"], ks=(1, 5))
     assert found["recall@1"] == 1.0 and found["reports"] == 2 and found["chance@5"] == 1.0
+    # the label ceiling: studies 0-2 share labels over three distinct reports (R@1 1/3 each), study 3
+    # is alone with its labels; study 4 repeats report "a" (and its labels)
+    labels = np.asarray([[0, 1], [0, 1], [0, 1], [1, 0], [0, 1]])
+    ceiling = label_ceiling(labels, ["a", "b", "c", "d", "a"], ks=(1, 2, 5))
+    assert ceiling["recall@1"] == pytest.approx((4 / 3 + 1) / 5) and ceiling["recall@2"] == pytest.approx((4 * 2 / 3 + 1) / 5)
+    assert ceiling["recall@5"] == 1.0
 
 
 def test_bootstrap_intervals_and_compare_probes():
@@ -186,7 +194,8 @@ def test_probe_scores_a_run(data):
     output = invoke("probe", "--run", data / "demo/pretrain/prior")
     result = json.loads((data / "demo/pretrain/prior/probe_test.json").read_text())
     assert result["studies"] == 2 and set(result) >= {"zero_shot", "linear_probe", "retrieval"}
-    assert result["retrieval"]["reports"] == 2 and "R@5" in output
+    assert result["retrieval"]["reports"] == 2 and "R@5" in output and "from the 14 labels alone" in output
+    assert set(result["retrieval"]["label_ceiling"]) == {"recall@1", "recall@5", "recall@10"}
     assert len(result["retrieval"]["ranks"]) == 2 and set(result["retrieval"]["intervals"]) == {"recall@1", "recall@5",
                                                                                                "recall@10"}
     assert result["zero_shot"]["prompts"]["Cardiomegaly"] == ["there is cardiomegaly", "no cardiomegaly"]
@@ -226,6 +235,50 @@ def test_killed_mid_epoch_resumes_to_the_same_weights(data, tmp_path):
         (run / name).unlink()
     assert "other options or inputs" in _pretrain(cut, "--checkpoint-every", 2, "--lr", 0.01, code=1)
     assert (run / "last.pt").exists()
+
+
+def _extra(root, splits, prefix, size=64):
+    """Another dataset.h5 (its own artifacts folder) for --extra-data."""
+    raw = write_r2gen(root / "raw", splits=splits, prefix=prefix)
+    invoke("preprocess", "--dataset", "demo", "--root", raw, "--artifacts", root / "art", "--workers", 1,
+           "--image-size", size)
+    return root / "art/demo/dataset.h5"
+
+
+def test_extra_pairs_join_the_training_split_only(data, tmp_path):
+    # 7 training studies, and a val and a test study of its own, which are not used
+    extra = _extra(tmp_path / "ok", ("train",) * 7 + ("val", "test"), "EXT")
+    source = PairSource(data / "demo/dataset.h5", extra=extra)
+    try:
+        own = source.rows("train")
+        assert len(own) == 8 + 7 and (own[:8] < source.offset).all() and (own[8:] >= source.offset).all()
+        assert len(source.rows("val")) == 2 and (source.rows("val") < source.offset).all()
+        rows = np.asarray([own[8], own[0], own[9]])  # mixed order: each study keeps its own pixels
+        batch = source.batch(rows)
+        with DatasetFile(extra) as other, DatasetFile(data / "demo/dataset.h5") as main:
+            assert np.array_equal((batch.pixels[0] * 255).round().numpy().astype(np.uint8), other.images(0))
+            assert np.array_equal((batch.pixels[1] * 255).round().numpy().astype(np.uint8), main.images(0))
+            assert batch.sentences[2] == split_sentences(other.reports[1])
+        assert source.check()["extra_train"] == 7
+    finally:
+        source.close()
+    # studies this dataset already trains on are read once
+    again = PairSource(data / "demo/dataset.h5", extra=_extra(tmp_path / "again", ("train",) * 8, "CXR"))
+    assert again.check()["extra_train"] == 0
+    again.close()
+    art = _copy(data, tmp_path / "art")
+    output = _pretrain(art, "--epochs", 1, "--extra-data", extra)
+    assert "15 training pairs (7 from" in output
+    run = json.loads((art / "demo/pretrain/prior/run.json").read_text())
+    assert run["extra_data"]["train_pairs"] == 7 and run["pairs"]["train"] == 15
+    assert "extra_dataset" in json.loads((art / "demo/pretrain/prior/encoder.pt.meta.json").read_text())["inputs"]
+    # validation and test studies of this dataset among the extra training studies would leak
+    leaky = _extra(tmp_path / "leaky", ("train",) * 12, "CXR")
+    message = _pretrain(art, "--epochs", 1, "--extra-data", leaky, code=1)
+    assert "4 training studies of the extra dataset" in message and "CXR8_IM-0008" in message
+    smaller = _extra(tmp_path / "small", ("train",) * 3, "EXT", size=48)
+    assert "--image-size 64" in _pretrain(art, "--epochs", 1, "--extra-data", smaller, code=1)
+    assert "missing" in _pretrain(art, "--extra-data", tmp_path / "none.h5", code=1)
 
 
 def test_pretrain_refuses_bad_input(data, tmp_path):

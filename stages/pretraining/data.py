@@ -6,6 +6,12 @@ from dataset.h5's cleaned reports (`split_sentences`), at most `max_sentences` p
 reconstruction decoder has that many queries). Training batches are augmented as the diagnosis
 classifier's are (random resized crop, small rotation, contrast; no horizontal flip, which would
 swap the sides a report names).
+
+Pretraining needs no labels, so it may learn from more pairs than the labelled dataset holds:
+`extra` names a second dataset.h5 whose training studies join the training split (as rows after
+the dataset's own). Validation, selection and every downstream score stay on the dataset's own
+splits, and a study of the extra set that is among the dataset's validation or test studies
+stops the run (it would leak into the scores).
 """
 
 from __future__ import annotations
@@ -32,30 +38,62 @@ class PairBatch:
 
 
 class PairSource:
-    """dataset.h5 opened once; makes batches of study rows."""
+    """dataset.h5 (and an extra one's training studies) opened once; makes batches of study rows."""
 
     def __init__(self, dataset_h5: Path, max_views: int = 2, max_sentences: int = 16,
-                 augmentation: TrainConfig | None = None):
+                 augmentation: TrainConfig | None = None, extra: Path | None = None):
         """`augmentation`: the crop area and rotation of training batches (the diagnosis
-        classifier's `augment`); None leaves training images as they are."""
+        classifier's `augment`); None leaves training images as they are. `extra`: another
+        dataset.h5 whose training studies are added to the training split."""
         self.data = DatasetFile(dataset_h5)
+        self.extra = DatasetFile(extra) if extra is not None else None
         self.max_views = max_views
         self.augmentation = augmentation
-        self.sentences = [split_sentences(report)[:max_sentences] for report in self.data.reports]
-        self.view_rows = self.data.view_rows(max_views)
+        files = [self.data] if self.extra is None else [self.data, self.extra]
+        if self.extra is not None and self.extra.image_size != self.data.image_size:
+            self.close()
+            raise StageError(f"{extra} stores {self.extra.image_size}-px images and {dataset_h5} "
+                             f"{self.data.image_size}-px ones; preprocess the extra dataset with --image-size "
+                             f"{self.data.image_size}")
+        self.sentences = [split_sentences(report)[:max_sentences] for f in files for report in f.reports]
+        self.view_rows = [f.view_rows(max_views) for f in files]
+        self.offset = len(self.data)  # rows from here on are the extra dataset's
 
     @property
     def image_size(self) -> int:
         return self.data.image_size
 
+    def _usable(self, rows: np.ndarray, offset: int) -> list[int]:
+        return [r + offset for r in rows if self.view_rows[offset > 0][r, 0] >= 0 and self.sentences[r + offset]]
+
     def rows(self, split: str) -> np.ndarray:
-        """Study rows of a split with at least one image and one sentence."""
-        rows = self.data.split_indices(split)
-        return np.asarray([r for r in rows if self.view_rows[r, 0] >= 0 and self.sentences[r]], dtype=np.int64)
+        """Study rows of a split with at least one image and one sentence (for "train", the extra
+        dataset's training studies after the dataset's own, less those the dataset also holds)."""
+        rows = self._usable(self.data.split_indices(split), 0)
+        if split == "train" and self.extra is not None:
+            own = set(self.data.ids)
+            extra = [r for r in self.extra.split_indices("train") if self.extra.ids[r] not in own]
+            rows += self._usable(np.asarray(extra, dtype=np.int64), self.offset)
+        return np.asarray(rows, dtype=np.int64)
+
+    def leaked(self) -> list[str]:
+        """Studies of the extra dataset's training split that are validation or test studies here."""
+        if self.extra is None:
+            return []
+        held_out = {i for i, split in zip(self.data.ids, self.data.splits) if split != "train"}
+        return [self.extra.ids[r] for r in self.extra.split_indices("train") if self.extra.ids[r] in held_out]
 
     def check(self, splits: tuple[str, ...] = ("train", "val")) -> dict[str, int]:
         """Pairs per split; stop when a split the run needs has too few."""
+        leaked = self.leaked()
+        if leaked:
+            raise StageError(f"{len(leaked)} training studies of the extra dataset {self.extra.path} are validation "
+                             f"or test studies of {self.data.path} (e.g. {', '.join(leaked[:3])}): pretraining on "
+                             "them would leak into the scores. Build the extra dataset with the same split (for "
+                             "the demo: the same --split-file, or none on both) or leave those studies out.")
         counts = {split: len(self.rows(split)) for split in ("train", "val", "test")}
+        if self.extra is not None:
+            counts["extra_train"] = counts["train"] - len(self._usable(self.data.split_indices("train"), 0))
         without = sum(1 for s in self.sentences if not s)
         for split in splits:
             need = 2 if split == "train" else 1
@@ -69,11 +107,17 @@ class PairSource:
     def batch(self, rows: np.ndarray, *, train: bool = False, generator: torch.Generator | None = None) -> PairBatch:
         """The views and sentences of `rows`; with `train`, each view augmented from `generator`."""
         rows = np.asarray(rows)
-        image_rows = self.view_rows[rows]
-        view_mask = image_rows >= 0
         size = self.data.image_size
         pixels = np.zeros((len(rows), self.max_views, size, size), dtype=np.uint8)
-        pixels[view_mask] = sorted_read(self.data.pixels, image_rows[view_mask])
+        view_mask = np.zeros((len(rows), self.max_views), dtype=bool)
+        for which, data in enumerate([self.data] if self.extra is None else [self.data, self.extra]):
+            mine = (rows >= self.offset) == bool(which)
+            image_rows = self.view_rows[which][rows[mine] - which * self.offset]
+            view_mask[mine] = image_rows >= 0
+            if view_mask[mine].any():
+                block = pixels[mine]
+                block[image_rows >= 0] = sorted_read(data.pixels, image_rows[image_rows >= 0])
+                pixels[mine] = block
         x = torch.from_numpy(pixels).float().div_(255)
         mask = torch.from_numpy(view_mask)
         if train and self.augmentation is not None:
@@ -82,3 +126,5 @@ class PairSource:
 
     def close(self) -> None:
         self.data.close()
+        if self.extra is not None:
+            self.extra.close()

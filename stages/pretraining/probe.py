@@ -7,7 +7,10 @@
   features (mean over a study's views), standardised on train, fit on train, C chosen on
   validation macro-AUROC, scored on the split;
 - image-to-report retrieval: each study ranks the split's reports by cosine; Recall@K counts a
-  hit when a report of identical text ranks within K (identical reports are one report).
+  hit when a report of identical text ranks within K (identical reports are one report). Beside
+  it, the label ceiling: the expected Recall@K of a ranking that knows each study's 14 labels
+  exactly and nothing else (reports with the study's labels first, in random order), which is
+  what an encoder could reach from the findings alone.
 Labels are labels.h5's binary labels. Macro-AUROC averages the classes with at least
 `min_positives` positives and some negatives in the split. Each score carries a 95% bootstrap
 interval over the split's studies, and the per-study values (retrieval ranks, probe scores) are
@@ -90,6 +93,15 @@ def retrieval(image: np.ndarray, text: np.ndarray, reports: Sequence[str], ks: S
                           for k in ks},
                ranks=ranks.tolist())
     return out
+
+
+def label_ceiling(labels: np.ndarray, reports: Sequence[str], ks: Sequence[int] = KS) -> dict[str, float]:
+    """Expected Recall@K when each study's distinct reports are ranked by their labels alone: the
+    reports labelled exactly as the study come first, in random order (identical text, identical labels)."""
+    _, first, inverse = np.unique(np.asarray(reports, dtype=object), return_index=True, return_inverse=True)
+    report_labels = labels[first]
+    tied = (report_labels[None, :, :] == labels[:, None, :]).all(-1).sum(1)  # (n,) reports as good as its own
+    return {f"recall@{k}": float(np.minimum(1.0, k / tied).mean()) for k in ks}
 
 
 def compare_probes(a: dict[str, Any], b: dict[str, Any], k: int = 5) -> dict[str, Any]:
@@ -186,5 +198,6 @@ def probe(model: PriorModel, source: PairSource, binary: np.ndarray, split: str,
             "labels": labels[split].astype(int).tolist(),
             "zero_shot": zero_shot(model, embedded[split]["image"], labels[split], min_positives),
             "linear_probe": linear_probe({n: e["pooled"] for n, e in embedded.items()}, labels, split, min_positives),
-            "retrieval": retrieval(embedded[split]["image"], embedded[split]["text"], reports),
+            "retrieval": {**retrieval(embedded[split]["image"], embedded[split]["text"], reports),
+                          "label_ceiling": label_ceiling(labels[split], reports)},
         }
