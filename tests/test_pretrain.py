@@ -242,20 +242,20 @@ def _extra(root, splits, prefix, size=64):
     raw = write_r2gen(root / "raw", splits=splits, prefix=prefix)
     invoke("preprocess", "--dataset", "demo", "--root", raw, "--artifacts", root / "art", "--workers", 1,
            "--image-size", size)
-    return root / "art/demo/dataset.h5"
+    return root / "art/demo"
 
 
 def test_extra_pairs_join_the_training_split_only(data, tmp_path):
     # 7 training studies, and a val and a test study of its own, which are not used
     extra = _extra(tmp_path / "ok", ("train",) * 7 + ("val", "test"), "EXT")
-    source = PairSource(data / "demo/dataset.h5", extra=extra)
+    source = PairSource(data / "demo/dataset.h5", extra=extra / "dataset.h5")
     try:
         own = source.rows("train")
         assert len(own) == 8 + 7 and (own[:8] < source.offset).all() and (own[8:] >= source.offset).all()
         assert len(source.rows("val")) == 2 and (source.rows("val") < source.offset).all()
         rows = np.asarray([own[8], own[0], own[9]])  # mixed order: each study keeps its own pixels
         batch = source.batch(rows)
-        with DatasetFile(extra) as other, DatasetFile(data / "demo/dataset.h5") as main:
+        with DatasetFile(extra / "dataset.h5") as other, DatasetFile(data / "demo/dataset.h5") as main:
             assert np.array_equal((batch.pixels[0] * 255).round().numpy().astype(np.uint8), other.images(0))
             assert np.array_equal((batch.pixels[1] * 255).round().numpy().astype(np.uint8), main.images(0))
             assert batch.sentences[2] == split_sentences(other.reports[1])
@@ -263,7 +263,7 @@ def test_extra_pairs_join_the_training_split_only(data, tmp_path):
     finally:
         source.close()
     # studies this dataset already trains on are read once
-    again = PairSource(data / "demo/dataset.h5", extra=_extra(tmp_path / "again", ("train",) * 8, "CXR"))
+    again = PairSource(data / "demo/dataset.h5", extra=_extra(tmp_path / "again", ("train",) * 8, "CXR") / "dataset.h5")
     assert again.check()["extra_train"] == 0
     again.close()
     art = _copy(data, tmp_path / "art")
@@ -278,7 +278,7 @@ def test_extra_pairs_join_the_training_split_only(data, tmp_path):
     assert "4 training studies of the extra dataset" in message and "CXR8_IM-0008" in message
     smaller = _extra(tmp_path / "small", ("train",) * 3, "EXT", size=48)
     assert "--image-size 64" in _pretrain(art, "--epochs", 1, "--extra-data", smaller, code=1)
-    assert "missing" in _pretrain(art, "--extra-data", tmp_path / "none.h5", code=1)
+    assert "dataset.h5 is missing" in _pretrain(art, "--extra-data", tmp_path, code=1)
 
 
 def test_pretrain_refuses_bad_input(data, tmp_path):
