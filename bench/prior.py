@@ -60,7 +60,8 @@ def row(name: str, probe: dict, run: dict, baseline: tuple[str, dict] | None) ->
     linear, zero, found = probe["linear_probe"], probe["zero_shot"], probe["retrieval"]
     out = {"run": name, "encoder": run["image_encoder"], "init": run["init"],
            "encoder trained": not run["freeze_encoder"], "losses": "+".join(run["losses"]),
-           "seed": run["seed"], "training pairs": run["pairs"]["train"], "epochs": run["epochs"], "best epoch": run["best_epoch"], "studies": probe["studies"],
+           "seed": run["seed"], "training pairs": run["pairs"]["train"], "epochs": run["epochs"],
+           "best epoch": run["best_epoch"], "studies": probe["studies"],
            "linear probe macro-AUROC": span(linear["macro_auroc"], linear.get("macro_interval")),
            "probe C": linear["C"], "zero-shot macro-AUROC": zero["macro_auroc"], "R@1": found["recall@1"],
            "R@5": span(found["recall@5"], found.get("intervals", {}).get("recall@5")),
@@ -85,12 +86,13 @@ def main() -> None:
     parser.add_argument("--split", default="test")
     parser.add_argument("--runs", nargs="+", default=list(DEFAULT_RUNS), help="pretraining runs, in table order")
     parser.add_argument("--baselines", nargs="*", default=["imagenet"],
-                        help="runs each row is compared with, the one of the row's seed and extra pairs (none: no comparison)")
+                        help="runs each row is compared with: the one with the row's seed and extra pairs "
+                             "(none: no comparison)")
     args = parser.parse_args()
     loaded = {name: load(args.artifacts / args.dataset / "pretrain" / name, args.split, args.dataset)
               for name in dict.fromkeys([*args.runs, *args.baselines])}
-    by_seed = {_key(loaded[name][1]): (name, loaded[name][0]) for name in args.baselines}
-    table = pd.DataFrame([row(name, *loaded[name], by_seed.get(_key(loaded[name][1]))) for name in args.runs])
+    baseline_of = {_key(loaded[name][1]): (name, loaded[name][0]) for name in args.baselines}
+    table = pd.DataFrame([row(name, *loaded[name], baseline_of.get(_key(loaded[name][1]))) for name in args.runs])
     found = loaded[args.runs[0]][0]
     m = machine()
     header = (f"# PRIOR pretraining: downstream scores on {args.dataset} {args.split} ({table['studies'].iloc[0]} "
@@ -101,10 +103,11 @@ def main() -> None:
               f"Recall@K: image-to-report over the split's {found['retrieval']['reports']} distinct reports "
               f"(chance R@5 {found['retrieval']['chance@5']:.3f}; a ranking that knew each study's 14 labels "
               f"exactly and nothing else: R@5 {found['retrieval']['label_ceiling']['recall@5']:.3f}). "
-              f"Training pairs: the dataset's own training studies plus those of --extra-data. Rows with the encoder frozen trained the same "
-              f"heads and text side with the same objective and budget. Brackets: 95% bootstrap intervals over the "
-              f"studies; 'vs baseline': the paired difference from the baseline run of the row's seed on the same "
-              f"resampled studies. {m['date']}, {m['cpu_count']} CPUs.\n\n")
+              f"Training pairs: the dataset's own training studies plus those of --extra-data. Rows with the "
+              f"encoder frozen trained the same heads and text side with the same objective and budget. Brackets: "
+              f"95% bootstrap intervals over the studies; 'vs baseline': the paired difference from the baseline run "
+              f"with the row's seed and training pairs on the same resampled studies. {m['date']}, "
+              f"{m['cpu_count']} CPUs.\n\n")
     write_table("prior", header, table)
 
 

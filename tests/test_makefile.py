@@ -28,7 +28,8 @@ def test_make_demo_prior_pretrains_on_the_training_pool_too(tmp_path):
     out = subprocess.run(["make", "-n", "demo-prior", f"ART={tmp_path / 'art'}", f"VENV={tmp_path / 'venv'}"],
                          cwd=REPO, capture_output=True, text=True, check=True).stdout
     pool = tmp_path / "art" / "pretrain-pool" / "demo"
-    assert f"make-demo --out {pool}/raw" in out and f"--root {pool}/raw --artifacts {tmp_path / 'art' / 'pretrain-pool'}" in out
+    assert f"make-demo --out {pool}/raw" in out
+    assert f"--root {pool}/raw --artifacts {tmp_path / 'art' / 'pretrain-pool'}" in out
     pretrained = [line for line in out.splitlines() if "rrg-stage pretrain" in line]
     assert sum(f"--extra-data {pool} " in line for line in pretrained) == 2 and len(pretrained) == 5
     assert "--baselines imagenet imagenet-pool" in out

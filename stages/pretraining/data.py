@@ -63,8 +63,11 @@ class PairSource:
     def image_size(self) -> int:
         return self.data.image_size
 
-    def _usable(self, rows: np.ndarray, offset: int) -> list[int]:
-        return [r + offset for r in rows if self.view_rows[offset > 0][r, 0] >= 0 and self.sentences[r + offset]]
+    def _usable(self, rows: np.ndarray, which: int) -> list[int]:
+        """Source rows of file `which` (0: the dataset, 1: the extra one) with an image and a sentence,
+        as rows of this source."""
+        offset = which * self.offset
+        return [r + offset for r in rows if self.view_rows[which][r, 0] >= 0 and self.sentences[r + offset]]
 
     def rows(self, split: str) -> np.ndarray:
         """Study rows of a split with at least one image and one sentence (for "train", the extra
@@ -73,7 +76,7 @@ class PairSource:
         if split == "train" and self.extra is not None:
             own = set(self.data.ids)
             extra = [r for r in self.extra.split_indices("train") if self.extra.ids[r] not in own]
-            rows += self._usable(np.asarray(extra, dtype=np.int64), self.offset)
+            rows += self._usable(np.asarray(extra, dtype=np.int64), 1)
         return np.asarray(rows, dtype=np.int64)
 
     def leaked(self) -> list[str]:
