@@ -239,7 +239,7 @@ def test_killed_mid_epoch_resumes_to_the_same_weights(data, tmp_path):
 
 
 def _extra(root, splits, prefix, size=64):
-    """Another dataset.h5 (its own artifacts folder) for --extra-data."""
+    """Another dataset's artifact folder (its own dataset.h5) for --extra-data."""
     raw = write_r2gen(root / "raw", splits=splits, prefix=prefix)
     invoke("preprocess", "--dataset", "demo", "--root", raw, "--artifacts", root / "art", "--workers", 1,
            "--image-size", size)
@@ -264,7 +264,8 @@ def test_extra_pairs_join_the_training_split_only(data, tmp_path):
     finally:
         source.close()
     # studies this dataset already trains on are read once
-    again = PairSource(data / "demo/dataset.h5", extra=_extra(tmp_path / "again", ("train",) * 8, "CXR") / "dataset.h5")
+    held = _extra(tmp_path / "again", ("train",) * 8, "CXR")
+    again = PairSource(data / "demo/dataset.h5", extra=held / "dataset.h5")
     assert again.check()["extra_train"] == 0
     again.close()
     art = _copy(data, tmp_path / "art")
