@@ -49,14 +49,14 @@ class PairSource:
         self.extra = DatasetFile(extra) if extra is not None else None
         self.max_views = max_views
         self.augmentation = augmentation
-        files = [self.data] if self.extra is None else [self.data, self.extra]
+        self.files = [self.data] if self.extra is None else [self.data, self.extra]
         if self.extra is not None and self.extra.image_size != self.data.image_size:
             self.close()
             raise StageError(f"{extra} stores {self.extra.image_size}-px images and {dataset_h5} "
                              f"{self.data.image_size}-px ones; preprocess the extra dataset with --image-size "
                              f"{self.data.image_size}")
-        self.sentences = [split_sentences(report)[:max_sentences] for f in files for report in f.reports]
-        self.view_rows = [f.view_rows(max_views) for f in files]
+        self.sentences = [split_sentences(report)[:max_sentences] for f in self.files for report in f.reports]
+        self.view_rows = [f.view_rows(max_views) for f in self.files]
         self.offset = len(self.data)  # rows from here on are the extra dataset's
 
     @property
@@ -94,9 +94,10 @@ class PairSource:
                              f"or test studies of {self.data.path} (e.g. {', '.join(leaked[:3])}): pretraining on "
                              "them would leak into the scores. Build the extra dataset with the same split (for "
                              "the demo: the same --split-file, or none on both) or leave those studies out.")
-        counts = {split: len(self.rows(split)) for split in ("train", "val", "test")}
+        rows = {split: self.rows(split) for split in ("train", "val", "test")}
+        counts = {split: len(r) for split, r in rows.items()}
         if self.extra is not None:
-            counts["extra_train"] = counts["train"] - len(self._usable(self.data.split_indices("train"), 0))
+            counts["extra_train"] = int((rows["train"] >= self.offset).sum())
         without = sum(1 for s in self.sentences if not s)
         for split in splits:
             need = 2 if split == "train" else 1
@@ -113,13 +114,14 @@ class PairSource:
         size = self.data.image_size
         pixels = np.zeros((len(rows), self.max_views, size, size), dtype=np.uint8)
         view_mask = np.zeros((len(rows), self.max_views), dtype=bool)
-        for which, data in enumerate([self.data] if self.extra is None else [self.data, self.extra]):
+        for which, data in enumerate(self.files):
             mine = (rows >= self.offset) == bool(which)
             image_rows = self.view_rows[which][rows[mine] - which * self.offset]
-            view_mask[mine] = image_rows >= 0
-            if view_mask[mine].any():
-                block = pixels[mine]
-                block[image_rows >= 0] = sorted_read(data.pixels, image_rows[image_rows >= 0])
+            present = image_rows >= 0
+            view_mask[mine] = present
+            if present.any():
+                block = pixels[mine]  # a copy (fancy indexing): filled, then written back
+                block[present] = sorted_read(data.pixels, image_rows[present])
                 pixels[mine] = block
         x = torch.from_numpy(pixels).float().div_(255)
         mask = torch.from_numpy(view_mask)
@@ -128,6 +130,5 @@ class PairSource:
         return PairBatch(rows, x, mask, [self.sentences[r] for r in rows])
 
     def close(self) -> None:
-        self.data.close()
-        if self.extra is not None:
-            self.extra.close()
+        for data in self.files:
+            data.close()
