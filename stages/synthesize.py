@@ -15,7 +15,7 @@ import torch
 
 from stages.adm.classifier import load_diagnosis
 from stages.adm.masks import read_masks
-from stages.core.artifacts import atomic_output, read_manifest, write_json_atomic
+from stages.core.artifacts import atomic_output, check_input, read_manifest, write_json_atomic
 from stages.core.checkpoints import clear_stale_run, run_header
 from stages.core.config import resolve
 from stages.core.errors import StageError, usage_errors
@@ -82,8 +82,30 @@ def _vision(ctx: StageContext, name: str, device: str) -> tuple[Path, VisionMode
     return path, model, info
 
 
-def _bank(inputs: dict[str, Path], model: VisionModel | None = None) -> PromptBank:
-    bank = PromptBank(inputs["dataset"], inputs["labels"], inputs["features"])
+def _extra_inputs(ctx: StageContext, folder: Path, features_h5: Path, masks: bool) -> dict[str, Path]:
+    """The artifacts of train-vision's extra dataset (of any dataset name), checked as inputs are;
+    its features must come from the encoders of `features_h5` (the prompts are made of them)."""
+    files = {f"extra_{kind}": folder / f"{kind}.h5" for kind in ("dataset", "labels", "features")}
+    if masks:
+        files["extra_adm"] = folder / "adm.h5"
+    for path in files.values():
+        try:
+            check_input(path, (read_manifest(path) or {}).get("dataset", ctx.dataset))
+        except StageError as error:
+            raise StageError(f"--extra-data: {error} (for the extra dataset, give the stage --artifacts "
+                             f"{folder.parent})") from None
+        click.echo(f"[{ctx.stage}] reads {path}")
+    keys = ("image_encoder", "weights", "input_size", "text_encoder")
+    own, theirs = ({k: read_manifest(path)["options"].get(k) for k in keys}
+                   for path in (features_h5, files["extra_features"]))
+    if own != theirs:
+        raise StageError(f"--extra-data: {files['extra_features']} was extracted with {theirs}, {features_h5} with "
+                         f"{own}; extract the extra dataset's features with the same options")
+    return files
+
+
+def _bank(inputs: dict[str, Path], model: VisionModel | None = None, prefix: str = "") -> PromptBank:
+    bank = PromptBank(inputs[f"{prefix}dataset"], inputs[f"{prefix}labels"], inputs[f"{prefix}features"])
     if model is not None and (bank.text.shape[1], bank.image.shape[1], len(bank.view_names)) != (
             model.config.text_dim, model.config.image_dim, model.config.views):
         bank.close()
@@ -108,10 +130,15 @@ def command() -> None:
 @stage_options
 @click.option("--name", default="vision", show_default=True,
               help="Run name: the run goes to ARTIFACTS/<dataset>/synthesize/<name>/.")
+@click.option("--extra-data", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder of another labelled dataset (dataset.h5, labels.h5, features.h5 from the same encoders, "
+                   "and adm.h5 for --finding-weight) whose training studies are added to the training images "
+                   "and the reference pool; validation stays this dataset's. Refused when one of them is a "
+                   "validation or test study here.")
 @click.option("--device", default=DEVICE, show_default=True)
 @dataclass_options(VisionOptions, TRAIN_HELP, skip={"seed"})
 @dataclass_options(VisionConfig, MODEL_HELP, skip=DERIVED)
-def train_vision(ctx: StageContext, name: str, device: str, **hyper: Any) -> None:
+def train_vision(ctx: StageContext, name: str, extra_data: Path | None, device: str, **hyper: Any) -> None:
     """Train the vision module: a U-Net denoising diffusion model in pixel space, conditioned on the
     report's MiniLM embedding and a reference image's pooled encoder features (features.h5), with
     condition dropout for classifier-free guidance.
@@ -122,8 +149,12 @@ def train_vision(ctx: StageContext, name: str, device: str, **hyper: Any) -> Non
     """
     inputs = _inputs(ctx)
     options = resolve(ctx.dataset, "synthesize", hyper, variant="train-vision")
+    finding_weight = options.get("finding_weight") or 0
+    if extra_data is not None:
+        inputs.update(_extra_inputs(ctx, extra_data, inputs["features"], finding_weight > 0))
     bank = _bank(inputs)
     try:
+        added = bank.add_training(_bank(inputs, prefix="extra_")) if extra_data is not None else 0
         fields = {f.name: options[f.name] for f in dataclasses.fields(VisionConfig)
                   if f.name not in DERIVED and options.get(f.name) is not None}
         config = VisionConfig(**fields, text_dim=bank.text.shape[1], image_dim=bank.image.shape[1],
@@ -146,10 +177,19 @@ def train_vision(ctx: StageContext, name: str, device: str, **hyper: Any) -> Non
         run_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(ctx.seed)
         model = VisionModel(config).to(device)
-        masks = read_masks(inputs["adm"], bank.image_rows("train")) if "adm" in inputs else None
+        masks = None
+        if "adm" in inputs:
+            train_rows = bank.image_rows("train")
+            masks = np.empty((len(train_rows), bank.data.image_size, bank.data.image_size), dtype=bool)
+            for which, positions, local in bank.by_file(train_rows):  # file 1: the extra dataset's
+                masks[positions] = read_masks(inputs["extra_adm" if which else "adm"], local)
         trainer = VisionTrainer(model, bank, training, run_dir, header, masks=masks)
         click.echo(f"[{ctx.stage}] {config.prompt} prompt, {config.resolution} px U-Net ({sum(p.numel() for p in model.parameters()):,} "
-                   f"parameters) on {len(trainer.train_rows)} training images ({len(trainer.val_rows)} for the validation "
+                   f"parameters) on {len(trainer.train_rows)} training images"
+                   + (f" ({int((bank.image_file[trainer.train_rows] > 0).sum())} of them from the {added} training "
+                      f"studies of {extra_data})"
+                      if extra_data is not None else "")
+                   + f" ({len(trainer.val_rows)} for the validation "
                    f"loss), {training.steps} steps of {training.batch_size} on {device}")
         state = trainer.fit()
     except ValueError as error:
@@ -163,7 +203,8 @@ def train_vision(ctx: StageContext, name: str, device: str, **hyper: Any) -> Non
             "view_names": bank.view_names, "image_encoder": features.get("image_encoder"),
             "image_weights": features.get("weights"), "input_size": features.get("input_size"),
             "text_encoder": features.get("text_encoder"), "val_loss": validation,
-            "seconds_per_step": statistics.median(state.get("seconds_per_step") or [float("nan")])}
+            "seconds_per_step": statistics.median(state.get("seconds_per_step") or [float("nan")]),
+            **({"extra_data": {"path": str(extra_data), "train_studies": added}} if extra_data is not None else {})}
     with atomic_output(vision_pt) as tmp:
         save_vision(tmp, model, weights, info)
     write_json_atomic(run_dir / "run.json", {**info, "options": run_options})

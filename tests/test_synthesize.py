@@ -17,10 +17,11 @@ import pytest
 import torch
 from scipy import linalg
 
-from conftest import copy_chain, invoke, train  # tests/ is on sys.path under pytest
+from conftest import copy_chain, invoke, train, write_r2gen  # tests/ is on sys.path under pytest
 from stages.adm.masks import read_masks
 from stages.core.artifacts import check_input, read_manifest
 from stages.core.checkpoints import extends
+from stages.core.errors import StageError
 from stages.data.h5dataset import DatasetFile
 from stages.data.r2gen import read_r2gen
 from stages.preprocess import check_records
@@ -297,6 +298,81 @@ def test_finding_weight_trains_on_the_adm_masks_and_records_them(synth, tmp_path
         assert torch.equal(weights, finding_weights(masks[trainer.indices(3)], 16, 5.0)) and float(weights.max()) > 1
     finally:
         bank.close()
+
+
+@pytest.fixture(scope="module")
+def extra(synth, tmp_path_factory) -> Path:
+    """Another labelled dataset (7 training studies, a val and a test one) with features from the
+    chain's encoders and finding masks from the chain's diagnosis classifier."""
+    root = tmp_path_factory.mktemp("extra")
+    raw = write_r2gen(root / "raw", splits=("train",) * 7 + ("val", "test"), prefix="EXT")
+    annotation = json.loads((raw / "annotation.json").read_text())
+    for entry in (e for split in annotation.values() for e in split):  # the demo's views, which the prompt names
+        entry["views"] = ["frontal", "lateral"]
+    (raw / "annotation.json").write_text(json.dumps(annotation))
+    art = root / "art"
+    invoke("preprocess", "--dataset", "demo", "--root", raw, "--artifacts", art, "--workers", 1, "--image-size", 64)
+    invoke("label", "--dataset", "demo", "--artifacts", art)
+    invoke("extract-features", "--dataset", "demo", "--artifacts", art, "--input-size", 64, "--batch-size", 32)
+    invoke("adm-masks", "--dataset", "demo", "--artifacts", art, "--classifier", synth / "demo" / "diagnosis.pt",
+           "--theta", 0.9)
+    return art / "demo"
+
+
+def _bank(folder: Path) -> PromptBank:
+    return PromptBank(folder / "dataset.h5", folder / "labels.h5", folder / "features.h5")
+
+
+def test_extra_training_studies_join_the_bank_after_its_own(synth, extra):
+    bank, other = _bank(synth / "demo"), _bank(extra)
+    try:
+        own_images, own_train = len(bank.view), len(bank.image_rows("train"))
+        assert bank.add_training(other) == 7
+        rows = bank.image_rows("train")
+        assert len(rows) == own_train + 14 and (rows[-14:] >= own_images).all()
+        assert len(bank.image_rows("val")) == len(_bank(synth / "demo").image_rows("val"))  # validation stays own
+        added = rows[-14:]
+        assert (bank.image_file[added] == 1).all() and [bank.ids[s] for s in bank.image_study[added][::2]] == [
+            f"EXT{i}_IM-{i:04d}" for i in range(7)]
+        with DatasetFile(extra / "dataset.h5") as data:  # pixels, embeddings and labels come from the extra files
+            assert np.array_equal(bank.pixels(added[[3, 0]]), data.pixels[:4][[3, 0]])
+        with h5py.File(extra / "features.h5", "r") as h5:
+            assert np.allclose(bank.image[added], h5["images/pooled"][:14])
+        with h5py.File(extra / "labels.h5", "r") as h5:
+            assert np.array_equal(bank.labels[bank.image_study[added]], h5["binary"][:7].repeat(2, axis=0))
+        mixed = np.concatenate([rows[:3], added[:3]])
+        assert [w for w, _, _ in bank.by_file(mixed)] == [0, 1]
+        refs = bank.references(bank.labels[bank.image_study[mixed]], bank.view[mixed], bank.image_study[mixed],
+                               np.random.default_rng(0))
+        assert (bank.view[refs] == bank.view[mixed]).all() and (bank.splits[bank.image_study[refs]] == "train").all()
+    finally:
+        bank.close()
+    # a study that is a validation or test study here must not be trained on
+    bank, again = _bank(synth / "demo"), _bank(synth / "demo")
+    again.data.splits[:] = "train"
+    with pytest.raises(StageError, match="validation or test studies of"):
+        bank.add_training(again)
+    bank.close()
+
+
+def test_train_vision_with_extra_data_trains_on_its_images_and_masks(synth, extra, tmp_path):
+    art = copy_chain(synth, tmp_path / "art")
+    out = invoke("synthesize", "train-vision", "--dataset", "demo", "--artifacts", art, *VISION, "--steps", 2,
+                 "--checkpoint-every", 2, "--finding-weight", 5, "--extra-data", extra, "--name", "pooled")
+    assert f"(14 of them from the 7 training studies of {extra})" in out and f"reads {extra / 'adm.h5'}" in out
+    run = art / "demo" / "synthesize" / "pooled"
+    assert json.loads((run / "run.json").read_text())["extra_data"] == {"path": str(extra), "train_studies": 7}
+    assert {"extra_dataset", "extra_labels", "extra_features", "extra_adm"} <= set(
+        check_input(run / "vision.pt", "demo")["inputs"])
+    # features from other encoder options make other prompts: refused, naming the option
+    other = copy_chain(extra.parent, tmp_path / "other") / "demo"
+    invoke("extract-features", "--dataset", "demo", "--artifacts", other.parent, "--input-size", 32, "--force")
+    out = invoke("synthesize", "train-vision", "--dataset", "demo", "--artifacts", art, *VISION, "--steps", 2,
+                 "--extra-data", other, "--name", "other", code=1)
+    assert "extract the extra dataset's features with the same options" in out and "'input_size': 32" in out
+    out = invoke("synthesize", "train-vision", "--dataset", "demo", "--artifacts", art, *VISION, "--steps", 2,
+                 "--finding-weight", 5, "--extra-data", tmp_path, "--name", "other", code=1)
+    assert "--extra-data" in out and "dataset.h5 is missing" in out
 
 
 @pytest.mark.parametrize("keep", ["best", "last"])

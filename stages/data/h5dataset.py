@@ -151,6 +151,12 @@ class DatasetFile:
     def split_indices(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.splits == split)
 
+    def held_out_in(self, other: "DatasetFile") -> list[str]:
+        """Ids of this dataset's training studies that are validation or test studies of `other`:
+        training on them as extra data would leak into `other`'s scores."""
+        held_out = {i for i, split in zip(other.ids, other.splits) if split != "train"}
+        return [self.ids[r] for r in self.split_indices("train") if self.ids[r] in held_out]
+
     def view_rows(self, max_views: int) -> np.ndarray:
         """(n_studies, max_views) image row of each study's first views; -1 where a study has fewer."""
         counts = np.minimum(self.image_count, max_views)

@@ -81,10 +81,7 @@ class PairSource:
 
     def leaked(self) -> list[str]:
         """Studies of the extra dataset's training split that are validation or test studies here."""
-        if self.extra is None:
-            return []
-        held_out = {i for i, split in zip(self.data.ids, self.data.splits) if split != "train"}
-        return [self.extra.ids[r] for r in self.extra.split_indices("train") if self.extra.ids[r] in held_out]
+        return [] if self.extra is None else self.extra.held_out_in(self.data)
 
     def check(self, splits: tuple[str, ...] = ("train", "val")) -> dict[str, int]:
         """Pairs per split; stop when a split the run needs has too few."""

@@ -54,7 +54,9 @@ def to_uint8(x: torch.Tensor, size: int) -> np.ndarray:
 
 class PromptBank:
     """dataset.h5, labels.h5 and features.h5 of one dataset, read once: every study's text
-    embedding and labels, every image's embedding and view, and the reference pool (training images)."""
+    embedding and labels, every image's embedding and view, and the reference pool (training
+    images). `add_training` appends another dataset's training studies after the dataset's own
+    (train-vision --extra-data); `data` stays the dataset's own file."""
 
     def __init__(self, dataset_h5: Path, labels_h5: Path, features_h5: Path):
         self.data = DatasetFile(dataset_h5)
@@ -64,12 +66,14 @@ class PromptBank:
             with h5py.File(labels_h5, "r") as h5:
                 self.labels = h5["binary"][:].astype(np.uint8)
         except (OSError, KeyError) as error:
+            self.data.close()
             raise StageError(f"cannot read the prompt inputs ({error}); rebuild them with rrg-stage extract-features "
                              "and rrg-stage label") from None
         n, m = len(self.data), len(self.data.image_study)
         for path, rows, want in ((features_h5, len(text), n), (features_h5, len(pooled), m),
                                  (labels_h5, len(self.labels), n)):
             if rows != want:
+                self.data.close()
                 raise StageError(f"{path} has {rows} rows where {dataset_h5} has {want}; rebuild it (--force)")
         self.text, self.image = text.astype(np.float32), pooled.astype(np.float32)
         with h5py.File(dataset_h5, "r") as h5:
@@ -77,18 +81,79 @@ class PromptBank:
         self.view_names = sorted(set(views.tolist()))
         self.view = np.asarray([self.view_names.index(v) for v in views], dtype=np.int64)
         self.image_study = self.data.image_study
-        pool = self.image_rows("train")
-        if not len(pool):
+        self.ids, self.splits = list(self.data.ids), self.data.splits.copy()
+        # where each image row's pixels are: files[image_file[r]], row image_local[r] of it
+        self.files = [self.data]
+        self.image_file, self.image_local = np.zeros(m, dtype=np.int64), np.arange(m)
+        if not len(self.image_rows("train")):
+            self.data.close()
             raise StageError(f"{dataset_h5} has no training images to draw reference images from")
+        self._group_references()
+
+    def _group_references(self) -> None:
+        pool = self.image_rows("train")
         self._groups: dict[int, tuple[np.ndarray, list[np.ndarray]]] = {}
         for v in range(len(self.view_names)):
             rows = pool[self.view[pool] == v]
             keys, inverse = np.unique(self.labels[self.image_study[rows]], axis=0, return_inverse=True)
             self._groups[v] = (keys, [rows[inverse.ravel() == k] for k in range(len(keys))])
 
+    def add_training(self, other: "PromptBank") -> int:
+        """Append the training studies of `other` (another dataset's bank, which this one takes
+        over and closes) that this one does not hold: their images join the training images and
+        the reference pool. Refuses a study that is a validation or test study here, and prompt
+        inputs of another kind. Returns the number of studies added."""
+        problem = None
+        leaked = other.data.held_out_in(self.data)
+        if leaked:
+            problem = (f"{len(leaked)} training studies of {other.data.path} are validation or test studies of "
+                       f"{self.data.path} (e.g. {', '.join(leaked[:3])}): training on them would leak into the "
+                       "scores. Build the extra dataset with the same split or leave those studies out")
+        elif other.data.image_size != self.data.image_size:
+            problem = (f"{other.data.path} stores {other.data.image_size}-px images and {self.data.path} "
+                       f"{self.data.image_size}-px ones; preprocess the extra dataset with --image-size "
+                       f"{self.data.image_size}")
+        elif (other.text.shape[1], other.image.shape[1]) != (self.text.shape[1], self.image.shape[1]):
+            problem = (f"the extra dataset's features ({other.text.shape[1]}-d text, {other.image.shape[1]}-d image) "
+                       f"are not those of {self.data.path} ({self.text.shape[1]}-d, {self.image.shape[1]}-d); "
+                       "extract them with the same encoders")
+        elif not set(other.view_names) <= set(self.view_names):
+            problem = (f"{other.data.path} has views {sorted(set(other.view_names) - set(self.view_names))} that "
+                       f"{self.data.path} has not")
+        if problem is not None:
+            other.close()
+            raise StageError(problem)
+        held = set(self.ids)
+        studies = np.asarray([s for s in other.data.split_indices("train") if other.ids[s] not in held], dtype=np.int64)
+        images = np.flatnonzero(np.isin(other.image_study, studies))
+        renumber = np.full(len(other.ids), -1, dtype=np.int64)
+        renumber[studies] = len(self.ids) + np.arange(len(studies))
+        views = np.asarray([self.view_names.index(other.view_names[v]) for v in other.view[images]], dtype=np.int64)
+        self.text = np.concatenate([self.text, other.text[studies]])
+        self.labels = np.concatenate([self.labels, other.labels[studies]])
+        self.ids += [other.ids[s] for s in studies]
+        self.splits = np.concatenate([self.splits, np.full(len(studies), "train", dtype=self.splits.dtype)])
+        self.image = np.concatenate([self.image, other.image[images]])
+        self.view = np.concatenate([self.view, views])
+        self.image_study = np.concatenate([self.image_study, renumber[other.image_study[images]]])
+        self.image_file = np.concatenate([self.image_file, np.full(len(images), len(self.files))])
+        self.image_local = np.concatenate([self.image_local, images])
+        self.files.append(other.data)
+        self._group_references()
+        return len(studies)
+
     def image_rows(self, split: str) -> np.ndarray:
         """Image rows of the studies of `split`."""
-        return np.flatnonzero(self.data.splits[self.image_study] == split)
+        return np.flatnonzero(self.splits[self.image_study] == split)
+
+    def by_file(self, rows: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """(file index, positions in `rows`, the rows in that file) for each file `rows` reach."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = []
+        for which in np.unique(self.image_file[rows]):
+            positions = np.flatnonzero(self.image_file[rows] == which)
+            out.append((int(which), positions, self.image_local[rows[positions]]))
+        return out
 
     def references(self, labels: np.ndarray, views: np.ndarray, exclude_studies: np.ndarray,
                    rng: np.random.Generator) -> np.ndarray:
@@ -117,10 +182,15 @@ class PromptBank:
 
     def pixels(self, rows: np.ndarray) -> np.ndarray:
         """(n, S, S) uint8 images of image rows (any order)."""
-        return sorted_read(self.data.pixels, np.asarray(rows))
+        size = self.data.image_size
+        out = np.empty((len(rows), size, size), dtype=np.uint8)
+        for which, positions, local in self.by_file(rows):
+            out[positions] = sorted_read(self.files[which].pixels, local)
+        return out
 
     def close(self) -> None:
-        self.data.close()
+        for data in self.files:
+            data.close()
 
 
 @dataclass
