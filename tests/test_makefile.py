@@ -33,3 +33,17 @@ def test_make_demo_prior_pretrains_on_the_training_pool_too(tmp_path):
     pretrained = [line for line in out.splitlines() if "rrg-stage pretrain" in line]
     assert sum(f"--extra-data {pool} " in line for line in pretrained) == 2 and len(pretrained) == 5
     assert "--baselines imagenet imagenet-pool" in out
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
+def test_make_demo_synth_trains_the_vision_module_on_the_training_pool_too(tmp_path):
+    art = tmp_path / "art"
+    out = subprocess.run(["make", "-n", "demo-synth", f"ART={art}", f"VENV={tmp_path / 'venv'}"],
+                         cwd=REPO, capture_output=True, text=True, check=True).stdout
+    pool = art / "pretrain-pool"
+    for stage in ("label", "extract-features"):
+        assert f"rrg-stage {stage} --dataset demo --artifacts {pool}\n" in out
+    # the pool's finding masks come from the demo's own classifier, which scores the generated images
+    assert f"adm-masks --dataset demo --artifacts {pool} --classifier {art}/demo/diagnosis.pt" in out
+    vision = [line for line in out.splitlines() if "train-vision" in line]
+    assert len(vision) == 1 and vision[0].endswith(f"--extra-data {pool}/demo")
