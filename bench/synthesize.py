@@ -101,8 +101,11 @@ def main() -> None:
               "training": training}
     first = results[vision[0]]
     m = machine()
+    extra = {n: (json.loads((base / "synthesize" / n / "run.json").read_text()).get("extra_data") or {})
+             .get("train_studies") for n in vision}
     modules = ", ".join(f"{n} ({r['prompt']} prompt, finding weight {r.get('finding_weight', 0):g}, "
-                        f"{r['vision_steps']} steps (weights of step {r.get('vision_kept_step', r['vision_steps'])} "
+                        + (f"+ {extra[n]} training studies of --extra-data, " if extra[n] else "")
+                        + f"{r['vision_steps']} steps (weights of step {r.get('vision_kept_step', r['vision_steps'])} "
                         f"kept), {r['vision_seconds_per_step']:.2f} s/step)" for n, r in results.items())
     text = (f"# CXR-IRGen on {args.dataset}: synthetic image-report pairs\n\n"
             f"Vision module: {modules}; "
