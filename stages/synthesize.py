@@ -32,6 +32,7 @@ from stages.synthesis.vision import (RUN_LENGTH, VisionConfig, VisionModel, Visi
                                      sample, save_vision)
 from stages.text.vocab import Vocabulary
 from stages.training.inference import image_predictions
+from stages.training.run import ENCODER_OPTIONS
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DERIVED = {"text_dim", "image_dim", "views"}
@@ -95,7 +96,7 @@ def _extra_inputs(ctx: StageContext, folder: Path, features_h5: Path, masks: boo
             raise StageError(f"--extra-data: {error} (for the extra dataset, give the stage --artifacts "
                              f"{folder.parent})") from None
         click.echo(f"[{ctx.stage}] reads {path}")
-    keys = ("image_encoder", "weights", "input_size", "text_encoder")
+    keys = (*ENCODER_OPTIONS, "text_encoder")
     own, theirs = ({k: read_manifest(path)["options"].get(k) for k in keys}
                    for path in (features_h5, files["extra_features"]))
     if own != theirs:
@@ -184,13 +185,11 @@ def train_vision(ctx: StageContext, name: str, extra_data: Path | None, device: 
             for which, positions, local in bank.by_file(train_rows):  # file 1: the extra dataset's
                 masks[positions] = read_masks(inputs["extra_adm" if which else "adm"], local)
         trainer = VisionTrainer(model, bank, training, run_dir, header, masks=masks)
+        pooled = int((bank.image_file[trainer.train_rows] > 0).sum())
+        extra = f" ({pooled} of them from the {added} training studies of {extra_data})" if extra_data else ""
         click.echo(f"[{ctx.stage}] {config.prompt} prompt, {config.resolution} px U-Net ({sum(p.numel() for p in model.parameters()):,} "
-                   f"parameters) on {len(trainer.train_rows)} training images"
-                   + (f" ({int((bank.image_file[trainer.train_rows] > 0).sum())} of them from the {added} training "
-                      f"studies of {extra_data})"
-                      if extra_data is not None else "")
-                   + f" ({len(trainer.val_rows)} for the validation "
-                   f"loss), {training.steps} steps of {training.batch_size} on {device}")
+                   f"parameters) on {len(trainer.train_rows)} training images{extra} ({len(trainer.val_rows)} for the "
+                   f"validation loss), {training.steps} steps of {training.batch_size} on {device}")
         state = trainer.fit()
     except ValueError as error:
         raise StageError(str(error)) from None
