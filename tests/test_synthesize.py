@@ -345,6 +345,12 @@ def test_extra_training_studies_join_the_bank_after_its_own(synth, extra):
         refs = bank.references(bank.labels[bank.image_study[mixed]], bank.view[mixed], bank.image_study[mixed],
                                np.random.default_rng(0))
         assert (bank.view[refs] == bank.view[mixed]).all() and (bank.splits[bank.image_study[refs]] == "train").all()
+        bank.keep_references({f"EXT{i}_IM-{i:04d}" for i in range(7)})  # references from the extra studies only
+        refs = bank.references(bank.labels[bank.image_study[mixed]], bank.view[mixed], bank.image_study[mixed],
+                               np.random.default_rng(0))
+        assert (bank.image_file[refs] == 1).all() and (bank.view[refs] == bank.view[mixed]).all()
+        with pytest.raises(StageError, match="none of the given studies"):
+            bank.keep_references({"no-such-study"})
     finally:
         bank.close()
     # a study that is a validation or test study here must not be trained on

@@ -90,8 +90,9 @@ class PromptBank:
             raise StageError(f"{dataset_h5} has no training images to draw reference images from")
         self._group_references()
 
-    def _group_references(self) -> None:
-        pool = self.image_rows("train")
+    def _group_references(self, pool: np.ndarray | None = None) -> None:
+        """Index the reference pool (the training images, or `pool`) by view and label vector."""
+        pool = self.image_rows("train") if pool is None else pool
         self._groups: dict[int, tuple[np.ndarray, list[np.ndarray]]] = {}
         for v in range(len(self.view_names)):
             rows = pool[self.view[pool] == v]
@@ -141,6 +142,15 @@ class PromptBank:
         self.files.append(other.data)
         self._group_references()
         return len(studies)
+
+    def keep_references(self, study_ids: set[str]) -> None:
+        """Draw references only from the training studies with these ids (to score a vision module
+        on another dataset's prompts with the reference images it trained with)."""
+        keep = np.asarray([i in study_ids for i in self.ids])
+        if not keep[self.splits == "train"].any():
+            raise StageError(f"none of the given studies is a training study of {self.data.path}")
+        pool = self.image_rows("train")
+        self._group_references(pool[keep[self.image_study[pool]]])
 
     def image_rows(self, split: str) -> np.ndarray:
         """Image rows of the studies of `split`."""
