@@ -64,42 +64,43 @@ def main() -> None:
                  f"(e.g. {', '.join(clash[:3])}); they cannot select a model")
     features = read_manifest(base / "features.h5")["options"]
     encoder = build_image_encoder(features["image_encoder"], features.get("weights")).eval()
+    bank = PromptBank(args.prompts / "dataset.h5", args.prompts / "labels.h5", args.prompts / "features.h5")
     results, rows = {}, []
-    for run in args.runs:
-        model, info = load_vision(base / "synthesize" / run / "vision.pt")
-        bank = PromptBank(args.prompts / "dataset.h5", args.prompts / "labels.h5", args.prompts / "features.h5")
-        try:
-            bank.keep_references(training)
-            diagnosis = load_diagnosis(base / "diagnosis.pt", bank.data.image_size, "cpu")
-            plan = plan_prompts(bank, "val", None, args.seed)
+    try:  # the prompts, their references and the classifier are the same for every run
+        bank.keep_references(training)
+        diagnosis = load_diagnosis(base / "diagnosis.pt", bank.data.image_size, "cpu")
+        plan = plan_prompts(bank, "val", None, args.seed)
+        for run in args.runs:
+            model, _ = load_vision(base / "synthesize" / run / "vision.pt")
             with tempfile.TemporaryDirectory() as tmp:
-                result, _ = evaluate_vision(model, bank, plan, diagnosis, encoder, input_size=int(features["input_size"]),
-                                            guidance=args.guidance, steps=args.ddim_steps, seed=args.seed,
-                                            batch_size=64, components=64, grid=Path(tmp) / "grid.png", grid_size=8,
+                result, _ = evaluate_vision(model, bank, plan, diagnosis, encoder,
+                                            input_size=int(features["input_size"]), guidance=args.guidance,
+                                            steps=args.ddim_steps, seed=args.seed, batch_size=64, components=64,
+                                            grid=Path(tmp) / "grid.png", grid_size=8,
                                             contrast_maps=Path(tmp) / "contrasts.png")
-        finally:
-            bank.close()
-        macro, classes = selection_macro(result)
-        extra = (json.loads((base / "synthesize" / run / "run.json").read_text()).get("extra_data") or {})
-        results[run] = {"selection_macro_auroc": macro, "classes": classes, "evaluation": result}
-        rows.append({"run": run, "extra training studies": extra.get("train_studies", 0),
-                     "prompts": result["studies"], "images": result["images"],
-                     f"macro-AUROC, classes with >= {MIN_POSITIVES} positives": round(macro, 3),
-                     "classes": len(classes),
-                     "Fréchet": round(result["frechet"]["generated"]["full"], 1),
-                     "Fréchet floor": round(result["frechet"]["real (floor)"]["full"], 1),
-                     **{f"{c} ({result['positives'][c]})": (round(v, 3) if v is not None else None)
-                        for c, v in result["clinical_auroc"]["generated"]["per_class"].items()
-                        if c in classes}})
-        print(f"{run}: selection macro-AUROC {macro:.3f} over {len(classes)} classes", flush=True)
+            macro, classes = selection_macro(result)
+            results[run] = {"selection_macro_auroc": macro, "classes": classes, "evaluation": result}
+            extra = (json.loads((base / "synthesize" / run / "run.json").read_text()).get("extra_data") or {})
+            rows.append({"run": run, "extra training studies": extra.get("train_studies", 0),
+                         "prompts": result["studies"], "images": result["images"],
+                         f"macro-AUROC, classes with >= {MIN_POSITIVES} positives": round(macro, 3),
+                         "classes": len(classes),
+                         "Fréchet": round(result["frechet"]["generated"]["full"], 1),
+                         "Fréchet floor": round(result["frechet"]["real (floor)"]["full"], 1),
+                         **{f"{c} ({result['positives'][c]})": (round(v, 3) if v is not None else None)
+                            for c, v in result["clinical_auroc"]["generated"]["per_class"].items()
+                            if c in classes}})
+            print(f"{run}: selection macro-AUROC {macro:.3f} over {len(classes)} classes", flush=True)
+    finally:
+        bank.close()
+    m = machine()
     header = (f"# Vision modules on the validation prompts of {args.prompts}\n\n"
               f"Every validation report of {args.prompts} as a prompt (one image per view), references from the "
               f"training studies of {base}, guidance {args.guidance}, {args.ddim_steps} DDIM steps, seed {args.seed}; "
               f"the diagnosis classifier of {base} on the images. Selection: the macro-AUROC over the classes with "
-              f"at least {MIN_POSITIVES} positive prompts (their counts in brackets). {machine()['date']}, "
-              f"{machine()['cpu_count']} CPUs.\n\n")
+              f"at least {MIN_POSITIVES} positive prompts (their counts in brackets). {m['date']}, {m['cpu_count']} CPUs.\n\n")
     write_table("vision_selection", header, pd.DataFrame(rows))
-    (RESULTS / "vision_selection.json").write_text(json.dumps({"machine": machine(), "runs": results}, indent=1) + "\n")
+    (RESULTS / "vision_selection.json").write_text(json.dumps({"machine": m, "runs": results}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
