@@ -2,6 +2,9 @@
 # stage reads its defaults from pipelines/<dataset>.toml. Each per-dataset fragment only says how
 # its dataset.h5 is built and which final artifacts its target wants.
 FINAL := prototypes.pkl knowledge.pkl adm.h5 results_test.md
+# extra options for two stages that a larger variant of a dataset needs (make demo-iu-scale sets them)
+MAKE_DEMO_ARGS ?=
+ADM_ARGS ?=
 
 $(ART)/%/labels.h5: $(ART)/%/dataset.h5
 	$(RRG) label --dataset $* --artifacts $(ART)
@@ -16,7 +19,7 @@ $(ART)/%/knowledge.pkl: $(ART)/%/features.h5 $(ART)/%/labels.h5
 	$(RRG) build-knowledge --dataset $* --artifacts $(ART)
 
 $(ART)/%/adm.h5: $(ART)/%/dataset.h5 $(ART)/%/labels.h5
-	$(RRG) adm-masks --dataset $* --artifacts $(ART)
+	$(RRG) adm-masks --dataset $* --artifacts $(ART) $(ADM_ARGS)
 
 # report generators: the plain Transformer and XProNet (conditioned on the diagnosis classifier's labels)
 $(ART)/%/runs/base/model.pt: $(ART)/%/dataset.h5 $(ART)/%/features.h5 $(ART)/%/labels.h5

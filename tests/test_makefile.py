@@ -47,3 +47,18 @@ def test_make_demo_synth_trains_the_vision_module_on_the_training_pool_too(tmp_p
     assert f"adm-masks --dataset demo --artifacts {pool} --classifier {art}/demo/diagnosis.pt" in out
     vision = [line for line in out.splitlines() if "train-vision" in line]
     assert len(vision) == 1 and vision[0].endswith(f"--extra-data {pool}/demo")
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
+def test_make_demo_iu_scale_runs_the_demo_chain_on_a_larger_draw_in_its_own_root(tmp_path):
+    art = tmp_path / "art"
+    out = subprocess.run(["make", "-n", "demo-iu-scale", f"ART={art}", f"VENV={tmp_path / 'venv'}"],
+                         cwd=REPO, capture_output=True, text=True, check=True).stdout
+    root = art / "iu-scale"
+    lines = [line for line in out.splitlines() if "rrg-stage " in line]
+    assert all(f"{root}" in line for line in lines)
+    assert any(line.endswith("--n-studies 4000") and "make-demo" in line for line in lines)
+    assert any(line.endswith("--epochs 4") and "adm-masks" in line for line in lines)
+    trained = [line.split("--model ")[1] for line in lines if "rrg-stage train" in line]
+    assert sorted(trained) == ["base", "xpronet"]
+    assert lines[-1].split("rrg-stage")[1].split()[0] == "compare"
