@@ -11,10 +11,15 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def dry_run(target: str, tmp_path: Path) -> str:
+    """What `make -n target` would run, with artifacts and the venv under tmp_path."""
+    return subprocess.run(["make", "-n", target, f"ART={tmp_path / 'art'}", f"VENV={tmp_path / 'venv'}"],
+                          cwd=REPO, capture_output=True, text=True, check=True).stdout
+
+
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
 def test_make_demo_chains_every_stage_in_order(tmp_path):
-    out = subprocess.run(["make", "-n", "demo", f"ART={tmp_path / 'art'}", f"VENV={tmp_path / 'venv'}"],
-                         cwd=REPO, capture_output=True, text=True, check=True).stdout
+    out = dry_run("demo", tmp_path)
     stages = [line.split("rrg-stage", 1)[1].split()[0] for line in out.splitlines() if "rrg-stage " in line]
     expected = ["make-demo", "preprocess", "extract-features", "label", "kmeans-init", "build-knowledge",
                 "adm-masks", "baselines", "train", "evaluate", "train", "evaluate", "compare", "pretrain",
@@ -25,8 +30,7 @@ def test_make_demo_chains_every_stage_in_order(tmp_path):
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
 def test_make_demo_prior_pretrains_on_the_training_pool_too(tmp_path):
-    out = subprocess.run(["make", "-n", "demo-prior", f"ART={tmp_path / 'art'}", f"VENV={tmp_path / 'venv'}"],
-                         cwd=REPO, capture_output=True, text=True, check=True).stdout
+    out = dry_run("demo-prior", tmp_path)
     pool = tmp_path / "art" / "pretrain-pool" / "demo"
     assert f"make-demo --out {pool}/raw" in out
     assert f"--root {pool}/raw --artifacts {tmp_path / 'art' / 'pretrain-pool'}" in out
@@ -38,8 +42,7 @@ def test_make_demo_prior_pretrains_on_the_training_pool_too(tmp_path):
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
 def test_make_demo_synth_trains_the_vision_module_on_the_training_pool_too(tmp_path):
     art = tmp_path / "art"
-    out = subprocess.run(["make", "-n", "demo-synth", f"ART={art}", f"VENV={tmp_path / 'venv'}"],
-                         cwd=REPO, capture_output=True, text=True, check=True).stdout
+    out = dry_run("demo-synth", tmp_path)
     pool = art / "pretrain-pool"
     for stage in ("label", "extract-features"):
         assert f"rrg-stage {stage} --dataset demo --artifacts {pool}\n" in out
@@ -52,8 +55,7 @@ def test_make_demo_synth_trains_the_vision_module_on_the_training_pool_too(tmp_p
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
 def test_make_demo_iu_scale_runs_the_demo_chain_on_a_larger_draw_in_its_own_root(tmp_path):
     art = tmp_path / "art"
-    out = subprocess.run(["make", "-n", "demo-iu-scale", f"ART={art}", f"VENV={tmp_path / 'venv'}"],
-                         cwd=REPO, capture_output=True, text=True, check=True).stdout
+    out = dry_run("demo-iu-scale", tmp_path)
     root = art / "iu-scale"
     lines = [line for line in out.splitlines() if "rrg-stage " in line]
     assert all(f"{root}" in line for line in lines)
