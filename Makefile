@@ -21,7 +21,7 @@ help:
 	@echo "make demo-prior  PRIOR image-report pretraining on the demo, scored against ImageNet and random encoders"
 	@echo "make demo-synth  CXR-IRGen synthetic image-report pairs on the demo: diffusion model, evaluation, training with them"
 	@echo "make demo-synth-prompts  demo-synth plus the text-only prompt's vision module, for the prompt comparison"
-	@echo "make demo-iu-scale  the demo at IU X-Ray's size (2069 training studies): baselines, base model and XProNet"
+	@echo "make demo-iu-scale  the demo at IU X-Ray's size (2069-2304 training studies): baselines, base model and XProNet"
 	@echo "make iu_xray   IU_XRAY_ROOT=/path/to/iu_xray (R2Gen layout: annotation.json + images/)"
 	@echo "make mimic     MIMIC_ROOT=/path/to/mimic-cxr-jpg/2.0.0 (with the report .txt files)"
 	@echo "make bench     run the benchmarks in bench/ and write bench/results/ (builds the demo first)"
