@@ -102,7 +102,7 @@ demo-synth: setup $(SYNTH_NEEDS)
 demo-synth-prompts: setup $(SYNTH_NEEDS) $(DEMO)/synthesize/vision-text/evaluation_test.json
 	$(BIN)/python bench/synthesize.py --artifacts $(ART) --dataset demo --vision vision vision-text
 
-# The demo at IU X-Ray's size (`make demo-iu-scale`, about 50 min on 2 cores): make-demo draws every training and
+# The demo at IU X-Ray's size (`make demo-iu-scale`, 57 min on the 2-core VM): make-demo draws every training and
 # validation report its split holds (R2Gen's split, with ../shared's annotation: 2069 / 296 studies; the hash split:
 # 2304 / 352) and 300 test studies (not make demo's 300), then the demo's chain and defaults up to the methods
 # table, in its own artifact root. The diagnosis classifier trains 4 epochs instead of 15 (7.5x the images per
