@@ -12,7 +12,7 @@ the "vs baseline" columns are paired differences against the baseline run of the
 same resampled studies for both), which is what "beats the ImageNet encoder" has to clear.
 Usage: python bench/prior.py [--artifacts artifacts] [--dataset demo] [--split test] [--runs NAME ...]
        [--baselines NAME ...]
-       (the README's table: --runs random imagenet imagenet-seed1 prior prior-seed1 global-only, after
+       (the README's table adds imagenet-seed1, prior-seed1 and global-only to make demo-prior's runs, after
        `rrg-stage pretrain --seed 1 --name prior-seed1`, `... --freeze-encoder --seed 1 --name imagenet-seed1`,
        `... --no-local --no-spb --no-image-reconstruction --no-report-reconstruction --name global-only` and
        `rrg-stage probe --run` of each)
@@ -74,9 +74,41 @@ def row(name: str, probe: dict, run: dict, baseline: tuple[str, dict] | None) ->
     return out
 
 
+def supervised_reference(dataset_dir: Path, probe: dict) -> str:
+    """The diagnosis classifier's test macro-AUROC over the probe's classes: what the labels buy end to end.
+
+    Not a linear probe (adm-masks fine-tunes the ImageNet backbone, on its own finer grid, with a
+    classification head on the training labels), so it is stated beside the table as the headroom
+    that labelled training finds above ImageNet features, not as a row.
+    """
+    path = dataset_dir / "adm_metrics.json"
+    if probe["split"] != "test" or not path.exists():
+        return ""
+    per_class = json.loads(path.read_text())["classifier"]["per_class"]
+    positives = probe["linear_probe"]["positives"]
+    if any(per_class[name]["test_positive_studies"] != positives[name] for name in positives):
+        return f" ({path} was scored on other labels than the probes; rerun rrg-stage adm-masks for a reference.)"
+    used = probe["linear_probe"]["macro_over"]
+    macro = sum(per_class[name]["auroc_study"] for name in used) / len(used)
+    return (f" For reference, the diagnosis classifier of adm-masks (the ImageNet backbone fine-tuned end to end "
+            f"on the training studies' labels; {path.name}) scores a test macro-AUROC of {macro:.3f} over the "
+            f"same classes.")
+
+
 def _key(run: dict) -> tuple[int, int]:
     """What a row and its baseline share: the seed and the extra pretraining pairs."""
     return run["seed"], run.get("extra_data", {}).get("train_pairs", 0)
+
+
+def baseline_for(run: dict, baselines: dict[str, tuple[dict, dict]]) -> tuple[str, dict] | None:
+    """The baseline with the row's seed and pairs, and its objective (the same losses) where one was trained:
+    retrieval and zero-shot go through heads that the objective shapes, so a row is compared with the frozen
+    encoder under the same losses when that run exists."""
+    same = [(name, probe, other) for name, (probe, other) in baselines.items() if _key(other) == _key(run)]
+    for name, probe, other in same:
+        if other["losses"] == run["losses"]:
+            return name, probe
+    return (same[0][0], same[0][1]) if same else None
 
 
 def main() -> None:
@@ -86,13 +118,13 @@ def main() -> None:
     parser.add_argument("--split", default="test")
     parser.add_argument("--runs", nargs="+", default=list(DEFAULT_RUNS), help="pretraining runs, in table order")
     parser.add_argument("--baselines", nargs="*", default=["imagenet"],
-                        help="runs each row is compared with: the one with the row's seed and extra pairs "
-                             "(none: no comparison)")
+                        help="runs each row is compared with: the one with the row's seed, extra pairs and, where "
+                             "there is one, losses (none: no comparison)")
     args = parser.parse_args()
     loaded = {name: load(args.artifacts / args.dataset / "pretrain" / name, args.split, args.dataset)
               for name in dict.fromkeys([*args.runs, *args.baselines])}
-    baseline_of = {_key(loaded[name][1]): (name, loaded[name][0]) for name in args.baselines}
-    table = pd.DataFrame([row(name, *loaded[name], baseline_of.get(_key(loaded[name][1]))) for name in args.runs])
+    baselines = {name: loaded[name] for name in args.baselines}
+    table = pd.DataFrame([row(name, *loaded[name], baseline_for(loaded[name][1], baselines)) for name in args.runs])
     found = loaded[args.runs[0]][0]
     m = machine()
     header = (f"# PRIOR pretraining: downstream scores on {args.dataset} {args.split} ({table['studies'].iloc[0]} "
@@ -106,8 +138,8 @@ def main() -> None:
               f"Training pairs: the dataset's own training studies plus those of --extra-data. Rows with the "
               f"encoder frozen trained the same heads and text side with the same objective and budget. Brackets: "
               f"95% bootstrap intervals over the studies; 'vs baseline': the paired difference from the baseline run "
-              f"with the row's seed and training pairs on the same resampled studies. {m['date']}, "
-              f"{m['cpu_count']} CPUs.\n\n")
+              f"with the row's seed and training pairs on the same resampled studies."
+              f"{supervised_reference(args.artifacts / args.dataset, found)} {m['date']}, {m['cpu_count']} CPUs.\n\n")
     write_table("prior", header, table)
 
 
