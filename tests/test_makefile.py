@@ -35,8 +35,9 @@ def test_make_demo_prior_pretrains_on_the_training_pool_too(tmp_path):
     assert f"make-demo --out {pool}/raw" in out
     assert f"--root {pool}/raw --artifacts {tmp_path / 'art' / 'pretrain-pool'}" in out
     pretrained = [line for line in out.splitlines() if "rrg-stage pretrain" in line]
-    assert sum(f"--extra-data {pool} " in line for line in pretrained) == 2 and len(pretrained) == 5
-    assert "--baselines imagenet imagenet-pool" in out
+    assert sum(f"--extra-data {pool} " in line for line in pretrained) == 4 and len(pretrained) == 7
+    assert sum("--no-spb" in line for line in pretrained) == 2
+    assert "--baselines imagenet imagenet-pool imagenet-pool-nobank" in out
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
