@@ -43,17 +43,14 @@ $(POOL)/demo/dataset.h5: $(INSTALLED) pipelines/demo.toml
 	$(RRG) make-demo --out $(POOL)/demo/raw --n-studies 4000 --test-studies 1 --abnormal-fraction -1
 	$(RRG) preprocess --dataset demo --root $(POOL)/demo/raw --artifacts $(POOL)
 
-$(DEMO)/pretrain/prior-pool/encoder.pt: $(DEMO)/dataset.h5 $(POOL)/demo/dataset.h5
-	$(RRG) pretrain --dataset demo --artifacts $(ART) --extra-data $(POOL)/demo --epochs 12 --freeze-bn --name prior-pool
-
-$(DEMO)/pretrain/imagenet-pool/encoder.pt: $(DEMO)/dataset.h5 $(POOL)/demo/dataset.h5
-	$(RRG) pretrain --dataset demo --artifacts $(ART) --extra-data $(POOL)/demo --epochs 12 --freeze-encoder --name imagenet-pool
-
-$(DEMO)/pretrain/prior-pool-nobank/encoder.pt: $(DEMO)/dataset.h5 $(POOL)/demo/dataset.h5
-	$(RRG) pretrain --dataset demo --artifacts $(ART) --extra-data $(POOL)/demo --epochs 12 --freeze-bn --no-spb --name prior-pool-nobank
-
-$(DEMO)/pretrain/imagenet-pool-nobank/encoder.pt: $(DEMO)/dataset.h5 $(POOL)/demo/dataset.h5
-	$(RRG) pretrain --dataset demo --artifacts $(ART) --extra-data $(POOL)/demo --epochs 12 --freeze-encoder --no-spb --name imagenet-pool-nobank
+# the pool runs differ only in these flags
+prior-pool_FLAGS := --freeze-bn
+imagenet-pool_FLAGS := --freeze-encoder
+prior-pool-nobank_FLAGS := --freeze-bn --no-spb
+imagenet-pool-nobank_FLAGS := --freeze-encoder --no-spb
+POOL_RUNS := prior-pool imagenet-pool prior-pool-nobank imagenet-pool-nobank
+$(POOL_RUNS:%=$(DEMO)/pretrain/%/encoder.pt): $(DEMO)/pretrain/%/encoder.pt: $(DEMO)/dataset.h5 $(POOL)/demo/dataset.h5
+	$(RRG) pretrain --dataset demo --artifacts $(ART) --extra-data $(POOL)/demo --epochs 12 $($*_FLAGS) --name $*
 
 PRIOR_BASELINES := imagenet imagenet-pool imagenet-pool-nobank
 PRIOR_RUNS := random imagenet prior imagenet-pool prior-pool imagenet-pool-nobank prior-pool-nobank
