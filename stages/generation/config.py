@@ -14,14 +14,17 @@ from typing import Any
 MODELS = ("base", "xpronet", "ekagen", "warmstart")
 # models whose reports are conditioned on labels (predicted by the diagnosis classifier at test time)
 LABEL_CONDITIONED = ("xpronet", "ekagen")
-# the warm-started decoder's fields; recorded only for warmstart, so the other models' records
-# (and the up-to-date checks that compare them) do not change
-WARMSTART_FIELDS = ("decoder", "decoder_config", "bos_id", "eos_id")
+# fields recorded only for the model that uses them (added after the other models' records existed), so
+# those records, and the up-to-date checks that compare them, do not change
+MODEL_FIELDS = {"warmstart": ("decoder", "decoder_config", "bos_id", "eos_id"), "xpronet": ("center_prototypes",)}
+# what a record written before a field existed was trained with
+BEFORE_FIELD = {"center_prototypes": False}
 
 
 @dataclass
 class GeneratorConfig:
-    """Defaults are the reference settings (R2Gen / XProNet on IU X-Ray).
+    """Defaults are the reference settings (R2Gen / XProNet on IU X-Ray), except center_prototypes
+    (ours, see stages.generation.xpronet).
 
     `num_classes * protos_per_class` prototypes of `proto_dim` features: 14 CheXpert groups of
     N=20 (XProNet), each the concatenation of a unit visual (1280) and unit text (384) feature.
@@ -50,6 +53,7 @@ class GeneratorConfig:
     txt_con_weight: float = 0.1
     con_margin: float = 0.4
     con_base: float = 1.5
+    center_prototypes: bool = True
     knowledge_per_class: int = 8
     knowledge_dim: int = 384
     decoder: str = "minilm"
@@ -78,16 +82,18 @@ class GeneratorConfig:
 
     def to_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
-        if self.model != "warmstart":
-            for name in WARMSTART_FIELDS:
-                del values[name]
+        for model, names in MODEL_FIELDS.items():
+            if self.model != model:
+                for name in names:
+                    del values[name]
         return values
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "GeneratorConfig":
-        """Rebuild from `to_dict()`; unknown keys are an error rather than silently dropped."""
+        """Rebuild from `to_dict()`; unknown keys are an error rather than silently dropped, and a
+        field the record predates takes the value it was trained with (BEFORE_FIELD)."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown generator settings {unknown}; was the checkpoint written by a newer version?")
-        return cls(**values)
+        return cls(**{**BEFORE_FIELD, **values})
