@@ -12,8 +12,9 @@ paper's description.
   that projection. K-means centres of one domain's features are nearly collinear (the demo's:
   mean pairwise cosine 0.78, of the group means 0.94), so the responses to different label sets
   barely differed, and the decoder ignored its labels until it had memorised the training reports
-  (validation CE micro-F1 above the all-normal level from epoch 17-20; centred, 12-15). The mean
-  would only add one constant to every response, which the fusion's bias can hold.
+  (validation CE micro-F1 above the all-normal level from epoch 17-20; centred, 12-15). The mean is
+  the same for every group, so no label can be told by it; left in, it fills most of each
+  prototype's norm, and the LayerNorm scales the differences between groups down with it.
 - Label-conditioned querying. The rule, per sample:
     * the groups of its positive labels (label > 0.5) are attended;
     * no positive label: the No Finding group, which is the last group in the CheXpert order
