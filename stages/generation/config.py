@@ -96,4 +96,5 @@ class GeneratorConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown generator settings {unknown}; was the checkpoint written by a newer version?")
-        return cls(**{**BEFORE_FIELD, **values})
+        recorded = MODEL_FIELDS.get(values.get("model", "base"), ())
+        return cls(**{**{name: BEFORE_FIELD[name] for name in recorded if name in BEFORE_FIELD}, **values})
